@@ -1,0 +1,1 @@
+"""JAX/Flax reimplementation of the VGGSound audio classifier."""

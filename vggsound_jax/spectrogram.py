@@ -1,0 +1,77 @@
+"""Device-side front end: waveform -> standardised log-spectrogram, as a batched jnp function.
+
+It reproduces, under jit, what the original computes per clip with
+`scipy.signal.spectrogram(x, fs=16000, nperseg=512, noverlap=353)` followed by
+`log(S + 1e-7)` and per-clip standardisation (SPEC section 1).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.signal
+
+from vggsound_jax.audio import INT16_SCALE, SAMPLE_RATE
+
+NPERSEG = 512
+NOVERLAP = 353
+HOP = NPERSEG - NOVERLAP  # 159
+NUM_FREQ_BINS = NPERSEG // 2 + 1  # 257, one-sided
+TUKEY_ALPHA = 0.25  # scipy.signal.spectrogram's default window is ('tukey', 0.25)
+LOG_EPS = 1e-7
+STD_EPS = 1e-9
+
+# scipy's periodic (fftbins=True) Tukey window.
+WINDOW = scipy.signal.get_window(("tukey", TUKEY_ALPHA), NPERSEG)
+
+
+def _power_to_log_scale() -> np.ndarray:
+  """Per-bin factor taking |rfft|^2 of int16-unit frames to (density PSD) / LOG_EPS."""
+  density = 1.0 / (SAMPLE_RATE * np.sum(WINDOW**2) * INT16_SCALE**2)
+  # One-sided density: every bin but DC and Nyquist carries its negative twin.
+  one_sided = np.full(NUM_FREQ_BINS, 2.0)
+  one_sided[[0, -1]] = 1.0
+  return (density * one_sided / LOG_EPS).astype(np.float32)
+
+
+_POWER_TO_LOG_SCALE = _power_to_log_scale()
+
+
+def num_frames(num_samples: int) -> int:
+  """Frames scipy produces for a waveform of this length (no padding): 1004 for 10 s."""
+  return 1 + (num_samples - NPERSEG) // HOP
+
+
+def log_spectrogram(waveform: jnp.ndarray) -> jnp.ndarray:
+  """Standardised log-spectrogram of a batch of waveforms.
+
+  Args:
+    waveform: (..., T) int16 samples, or floats in [-1, 1].
+
+  Returns:
+    (..., 257, num_frames(T)) float32, frequency first, each clip standardised over its
+    whole array to zero mean and unit (population) standard deviation.
+  """
+  # float32 has to match scipy's float64 on near-silent clips too, where standardisation
+  # magnifies every rounding error. Two exact rewrites keep the precision:
+  # - samples stay in int16 units, so the frame mean (a sum of 512 int16 values, divided by
+  #   a power of two) and the detrended frame are exact in float32;
+  # - log(S + eps) = log(eps) + log1p(S / eps), and the constant log(eps) cancels in the
+  #   standardisation, while log1p keeps the S far below eps that log(S + eps) rounds away.
+  x = jnp.asarray(waveform)
+  if x.dtype == jnp.int16:
+    x = x.astype(jnp.float32)
+  else:
+    x = jnp.clip(x.astype(jnp.float32), -1.0, 1.0) * INT16_SCALE
+
+  starts = np.arange(num_frames(x.shape[-1])) * HOP
+  frames = x[..., starts[:, None] + np.arange(NPERSEG)]  # (..., F, 512)
+  frames = frames - jnp.mean(frames, axis=-1, keepdims=True)  # detrend='constant'
+  spectrum = jnp.fft.rfft(frames * WINDOW.astype(np.float32), axis=-1)
+  power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+  log_power = jnp.log1p(power * _POWER_TO_LOG_SCALE)  # log(S + eps) - log(eps)
+  log_power = jnp.swapaxes(log_power, -1, -2)  # (..., 257, F)
+
+  mean = jnp.mean(log_power, axis=(-2, -1), keepdims=True)
+  std = jnp.std(log_power, axis=(-2, -1), keepdims=True)
+  return (log_power - mean) / (std + STD_EPS)
