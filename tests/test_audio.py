@@ -1,0 +1,97 @@
+"""Decoding to 16 kHz mono int16, and tiling to the 10 s clip."""
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vggsound_jax.audio import CLIP_SAMPLES, AudioDecodeError, decode_audio, load_clip, to_clip
+
+FS = 16000
+
+
+def _tone(seconds, fs=FS, freq=440.0, channels=1):
+  t = np.arange(int(seconds * fs)) / fs
+  x = 0.5 * np.sin(2 * np.pi * freq * t) + 0.05 * np.random.default_rng(0).normal(size=t.size)
+  x = np.clip(x * 32767, -32768, 32767).astype(np.int16)
+  return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def _write_mp4(path, samples, fs=FS):
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("aac", rate=fs)
+    stream.layout = "mono"
+    frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
+    frame.sample_rate = fs
+    for packet in stream.encode(frame):
+      container.mux(packet)
+    for packet in stream.encode(None):
+      container.mux(packet)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac"])
+def test_lossless_16k_mono_is_sample_exact(tmp_path, ext):
+  x = _tone(1.3)
+  sf.write(tmp_path / f"a.{ext}", x, FS, subtype="PCM_16")
+  np.testing.assert_array_equal(decode_audio(tmp_path / f"a.{ext}"), x)
+
+
+def test_stereo_44k_is_resampled_to_16k_mono(tmp_path):
+  x = _tone(2.0, fs=44100, channels=2)
+  sf.write(tmp_path / "s.wav", x, 44100, subtype="PCM_16")
+  out = decode_audio(tmp_path / "s.wav")
+  assert out.dtype == np.int16
+  assert abs(out.size - 2 * FS) <= 64
+  reference = _tone(2.0)  # the same tone, made at 16 kHz
+  n = min(out.size, reference.size) - 200
+  corr = np.corrcoef(out[100:n].astype(float), reference[100:n].astype(float))[0, 1]
+  assert corr > 0.95
+
+
+def test_mp4_with_aac_audio_decodes(tmp_path):
+  x = _tone(1.0)
+  _write_mp4(tmp_path / "v.mp4", x)
+  out = decode_audio(tmp_path / "v.mp4")
+  assert out.dtype == np.int16 and abs(out.size - FS) <= 2048
+  spectrum = np.abs(np.fft.rfft(out.astype(float)))
+  assert abs(np.argmax(spectrum) * FS / out.size - 440) < 5
+
+
+def test_missing_and_corrupt_files_give_one_line_errors(tmp_path):
+  with pytest.raises(AudioDecodeError, match="no such file") as e:
+    decode_audio(tmp_path / "missing.wav")
+  assert str(tmp_path / "missing.wav") in str(e.value)
+  (tmp_path / "bad.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+  (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+  for name in ("bad.wav", "bad.mp4"):
+    with pytest.raises(AudioDecodeError) as e:
+      decode_audio(tmp_path / name)
+    assert str(e.value).startswith(str(tmp_path / name)) and "\n" not in str(e.value)
+
+
+def test_zero_length_audio_is_an_error(tmp_path):
+  sf.write(tmp_path / "empty.wav", np.zeros(0, np.int16), FS, subtype="PCM_16")
+  with pytest.raises(AudioDecodeError, match="no audio samples"):
+    decode_audio(tmp_path / "empty.wav")
+
+
+def test_to_clip_is_the_originals_tiling_for_clips_of_1s_or_more():
+  x = np.arange(-5000, 15000, dtype=np.int16)  # 1.25 s
+  np.testing.assert_array_equal(to_clip(x), np.tile(x, 10)[:160000])
+  long = np.arange(200000).astype(np.int16)
+  np.testing.assert_array_equal(to_clip(long), long[:160000])
+
+
+def test_short_clips_keep_tiling_to_10s():
+  x = np.arange(1, 8001, dtype=np.int16)  # 0.5 s: the original would stop at 5 s
+  clip = to_clip(x)
+  assert clip.size == CLIP_SAMPLES
+  np.testing.assert_array_equal(clip, np.tile(x, 20))
+
+
+def test_load_clip(tmp_path):
+  x = _tone(0.7)
+  sf.write(tmp_path / "c.wav", x, FS, subtype="PCM_16")
+  clip = load_clip(tmp_path / "c.wav")
+  assert clip.shape == (CLIP_SAMPLES,)
+  np.testing.assert_array_equal(clip[: x.size], x)
