@@ -1,0 +1,288 @@
+"""The TFDS builder `vggsound` over a manual_dir of fixture clips made on the fly."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow_datasets as tfds
+
+from vggsound_jax.audio import SAMPLE_RATE
+from vggsound_jax.datasets import vggsound
+from vggsound_jax.labels import class_names
+
+REPO = Path(__file__).resolve().parent.parent
+NAMES = class_names()
+COMMA_LABEL = next(n for n in NAMES if "," in n)  # exercises csv quoting
+LABEL_A, LABEL_B = NAMES[0], NAMES[1]
+
+
+def _signal(seconds, fs=SAMPLE_RATE, seed=0, channels=1):
+  """Low tones plus a little noise, int16: survives resampling and AAC recognisably."""
+  t = np.arange(int(round(seconds * fs))) / fs
+  x = 0.4 * np.sin(2 * np.pi * 330 * t) + 0.2 * np.sin(2 * np.pi * 710 * t + seed)
+  x = x + 0.02 * np.random.default_rng(seed).standard_normal(t.size)
+  x = np.round(x * 32767).astype(np.int16)
+  return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def _write(path, samples, fs=SAMPLE_RATE):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sf.write(path, samples, fs, subtype="PCM_16")
+
+
+def _write_mp4(path, samples, fs=SAMPLE_RATE):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("aac", rate=fs)
+    stream.layout = "mono"
+    frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
+    frame.sample_rate = fs
+    for packet in stream.encode(frame):
+      container.mux(packet)
+    for packet in stream.encode(None):
+      container.mux(packet)
+
+
+def _write_csv(path, rows):
+  with open(path, "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+
+
+def _best_correlation(a, b, max_lag=64):
+  """Largest normalised correlation of a and b over small shifts (resamplers delay)."""
+  n = min(a.size, b.size) - 2 * max_lag
+  a = a.astype(float)
+  b = b.astype(float)
+  return max(np.corrcoef(a[max_lag:max_lag + n], b[max_lag + lag:max_lag + lag + n])[0, 1]
+             for lag in range(-max_lag, max_lag + 1))
+
+
+def _read_all(data_dir, config, split):
+  builder = tfds.builder(f"vggsound/{config}", data_dir=data_dir)
+  source = builder.as_data_source(split=split)
+  return {e["clip_id"].decode(): e for e in (source[i] for i in range(len(source)))}
+
+
+# Clips of the main fixture: clip_id -> (label, split); sources kept for comparison.
+SOURCES = {
+    "-a_A1_000010": _signal(1.5, seed=1),                       # wav, id with - and _
+    "bbb_000020": _signal(1.2, seed=2),                          # flac in a subfolder
+    "ccc_000030": _signal(1.0, seed=3),                          # mp4 (AAC), deeper
+    "ddd_000040": _signal(2.0, fs=44100, seed=4, channels=2),    # 44.1 kHz stereo
+    "eee_000000": _signal(0.5, seed=5),                          # short
+    "iii_000001": _signal(1.0, seed=9),                          # wav beside an mp4
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  root = tmp_path_factory.mktemp("vggsound")
+  manual, data = root / "manual", root / "data"
+  _write(manual / "-a_A1_000010.wav", SOURCES["-a_A1_000010"])
+  _write(manual / "sub" / "bbb_000020.flac", SOURCES["bbb_000020"])
+  _write_mp4(manual / "sub" / "deeper" / "ccc_000030.mp4", SOURCES["ccc_000030"])
+  _write(manual / "ddd_000040.wav", SOURCES["ddd_000040"], fs=44100)
+  _write(manual / "eee_000000.wav", SOURCES["eee_000000"])
+  _write(manual / "iii_000001.wav", SOURCES["iii_000001"])
+  _write_mp4(manual / "iii_000001.mp4", _signal(1.0, seed=10))
+  (manual / "ggg_000060.wav").write_bytes(np.random.default_rng(0).bytes(3000))
+  _write(manual / "hhh_000070.wav", np.zeros(0, np.int16))
+  _write(manual / "unlisted_000001.wav", _signal(0.5))
+  _write_csv(manual / "vggsound.csv", [
+      ["-a_A1", 10, LABEL_A, "train"],
+      ["bbb", 20, COMMA_LABEL, "train"],
+      ["ccc", 30, LABEL_A, "test"],
+      ["ddd", 40, LABEL_B, "test"],
+      ["eee", 0, LABEL_B, "train"],
+      ["fff", 50, LABEL_A, "train"],        # no file
+      ["ggg", 60, LABEL_B, "test"],         # corrupt
+      ["hhh", 70, LABEL_A, "train"],        # zero-length
+      ["iii", 1, LABEL_B, "train"],
+      ["-a_A1", 10, LABEL_A, "train"],      # exact duplicate
+      ["bbb", 20, LABEL_B, "train"],        # duplicate with another label: first kept
+  ])
+  _write_csv(manual / "AStest.csv", [["ccc_000030.mp4", LABEL_A], ["ggg_000060.mp4", LABEL_B],
+                                     ["zzz_000001.mp4", LABEL_A]])
+  (manual / "Common.txt").write_text(f"{LABEL_A}\n{COMMA_LABEL}\n")
+  report = vggsound.build(data, manual_dir=manual, num_workers=2)
+  common_report = vggsound.build(data, config="common", manual_dir=manual, num_workers=1)
+  return data, report, common_report
+
+
+def test_splits_hold_the_decodable_clips(built):
+  data, _, _ = built
+  train, test, astest = (_read_all(data, "full", s) for s in ("train", "test", "astest"))
+  assert set(train) == {"-a_A1_000010", "bbb_000020", "eee_000000", "iii_000001"}
+  assert set(test) == {"ccc_000030", "ddd_000040"}
+  assert set(astest) == {"ccc_000030"}
+  names = tfds.builder("vggsound/full", data_dir=data).info.features["label"].names
+  assert tuple(names) == NAMES
+  e = train["bbb_000020"]
+  assert names[e["label"]] == COMMA_LABEL  # first of the duplicate rows
+  assert e["youtube_id"] == b"bbb" and e["start_seconds"] == 20
+  assert train["-a_A1_000010"]["youtube_id"] == b"-a_A1"
+  assert names[test["ddd_000040"]["label"]] == LABEL_B
+
+
+def test_lossless_clips_are_sample_exact(built):
+  data, _, _ = built
+  train = _read_all(data, "full", "train")
+  for clip in ("-a_A1_000010", "bbb_000020", "eee_000000", "iii_000001"):
+    audio = train[clip]["audio"]
+    assert audio.dtype == np.int16
+    np.testing.assert_array_equal(audio, SOURCES[clip])  # whole clip, not tiled
+  # The 0.5 s clip keeps its length: tiling belongs to the pipeline.
+  assert train["eee_000000"]["audio"].size == SAMPLE_RATE // 2
+
+
+def test_stereo_44k_and_mp4_are_converted(built):
+  data, _, _ = built
+  test = _read_all(data, "full", "test")
+  stereo = test["ddd_000040"]["audio"]
+  assert abs(stereo.size - 2 * SAMPLE_RATE) <= 64
+  assert _best_correlation(stereo, _signal(2.0, seed=4)) > 0.95
+  mp4 = test["ccc_000030"]["audio"]
+  assert abs(mp4.size - SAMPLE_RATE) <= 2048
+  assert _best_correlation(mp4, SOURCES["ccc_000030"], max_lag=1100) > 0.9
+
+
+def test_report_lists_every_skipped_clip_with_its_reason(built):
+  data, report, _ = built
+  path = tfds.builder("vggsound/full", data_dir=data).data_path / vggsound.REPORT_NAME
+  on_disk = json.loads(Path(path).read_text())
+  skipped = {(s["split"], s["clip_id"]): s for s in on_disk["skipped"]}
+  assert set(skipped) == {("train", "fff_000050"), ("train", "hhh_000070"),
+                          ("test", "ggg_000060"), ("astest", "ggg_000060")}
+  assert skipped["train", "fff_000050"]["reason"] == vggsound.MISSING_FILE
+  assert skipped["train", "fff_000050"]["path"] is None
+  assert skipped["train", "hhh_000070"]["reason"] == "no audio samples"
+  assert skipped["test", "ggg_000060"]["reason"].startswith("cannot decode")
+  assert skipped["test", "ggg_000060"]["path"].endswith("ggg_000060.wav")
+  assert on_disk["splits"]["train"] == {
+      "rows": 6, "found": 5, "written": 4,
+      "skipped": {"no such file": 1, "no audio samples": 1}}
+  assert on_disk["splits"]["test"]["written"] == 2
+  assert on_disk["csv_rows"] == 11 and on_disk["duplicate_rows"] == 2
+  assert [c["clip_id"] for c in on_disk["conflicting_duplicates"]] == ["bbb_000020"]
+  assert on_disk["astest_not_in_csv"] == 1
+  assert vggsound.read_report(Path(path).parent) == report
+  summary = report.summary()
+  assert "train: 6 listed, 5 files found, 4 written; skipped: 1 no audio samples, 1 no such file" \
+      in summary
+  assert "2 duplicates merged" in summary
+
+
+def test_common_config_keeps_only_common_classes(built):
+  data, _, common_report = built
+  train = _read_all(data, "common", "train")
+  names = tfds.builder("vggsound/common", data_dir=data).info.features["label"].names
+  assert tuple(names) == NAMES  # model indices unchanged
+  assert set(train) == {"-a_A1_000010", "bbb_000020"}
+  assert set(_read_all(data, "common", "test")) == {"ccc_000030"}
+  assert common_report.splits["train"].skipped == {"no such file": 1, "no audio samples": 1}
+
+
+def test_build_is_skipped_when_already_prepared(built):
+  data, report, _ = built
+  again = vggsound.build(data, manual_dir="/nonexistent", num_workers=1)
+  assert again == report
+
+
+@pytest.mark.parametrize("row, message", [
+    (["x", "1", LABEL_A], "expected 4 fields"),
+    (["x", "1.5", LABEL_A, "train"], "start_seconds '1.5' is not a whole number"),
+    (["x", "1", LABEL_A, "val"], "split 'val' is not one of train, test"),
+    (["x", "1", "no such class", "train"], "unknown label 'no such class'"),
+    (["", "1", LABEL_A, "train"], "empty youtube_id"),
+])
+def test_bad_csv_row_is_an_error_with_file_and_line(tmp_path, row, message):
+  _write_csv(tmp_path / "vggsound.csv", [["ok", 1, LABEL_A, "train"], [], row])
+  with pytest.raises(vggsound.ClipListError) as e:
+    vggsound.read_clip_list(tmp_path / "vggsound.csv", NAMES)
+  assert str(e.value).startswith(f"{tmp_path / 'vggsound.csv'}:3: {message}")
+  assert "\n" not in str(e.value)
+
+
+def test_bad_common_list_names_the_line(tmp_path):
+  (tmp_path / "Common.txt").write_text(f"{LABEL_A}\nnot a class\n")
+  with pytest.raises(vggsound.ClipListError, match=r"Common.txt:2: unknown label"):
+    vggsound.read_common(tmp_path / "Common.txt", NAMES)
+
+
+def test_bad_csv_stops_the_build_before_decoding(tmp_path, monkeypatch):
+  manual = tmp_path / "manual"
+  _write(manual / "a_000001.wav", _signal(1.0))
+  _write_csv(manual / "vggsound.csv", [["a", 1, LABEL_A, "train"], ["b", 2, "nope", "test"]])
+  decoded = []
+  monkeypatch.setattr(vggsound, "_decode_job", lambda p: decoded.append(p))
+  with pytest.raises(vggsound.ClipListError, match=r"vggsound.csv:2: unknown label 'nope'"):
+    vggsound.build(tmp_path / "data", manual_dir=manual, num_workers=1)
+  assert decoded == []
+
+
+def test_no_matching_files_is_a_one_line_error(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  _write_csv(manual / "vggsound.csv", [["a", 1, LABEL_A, "train"]])
+  with pytest.raises(vggsound.ManualDirError, match="none of the clips") as e:
+    vggsound.build(tmp_path / "data", manual_dir=manual, num_workers=1)
+  assert "\n" not in str(e.value)
+
+
+def _run_script(*args):
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, str(REPO / "scripts" / "build_dataset.py"), *args],
+                        capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_script_bad_manual_dir_and_bad_csv_give_one_line_errors(tmp_path):
+  result = _run_script("--manual_dir", str(tmp_path / "nope"), "--data_dir", str(tmp_path))
+  assert result.returncode == 1
+  assert result.stderr.strip() == f"error: {tmp_path / 'nope'}: manual_dir is not a directory"
+  _write_csv(tmp_path / "vggsound.csv", [["a", "x", LABEL_A, "train"]])
+  result = _run_script("--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "data"))
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last == f"error: {tmp_path / 'vggsound.csv'}:1: start_seconds 'x' is not a whole number"
+
+
+def test_done_when_four_good_clips_lossless_exact_two_bad_reported(tmp_path):
+  """The issue's acceptance check, through the script and tfds.builder_from_directory."""
+  manual = tmp_path / "manual"
+  ten_seconds = _signal(10.0, seed=7)
+  _write(manual / "real10s_000030.wav", ten_seconds)
+  _write(manual / "flaccopy_000030.flac", ten_seconds)
+  _write(manual / "stereo44k_000030.wav", _signal(10.0, fs=44100, seed=7, channels=2), fs=44100)
+  _write(manual / "halfsec_000000.wav", ten_seconds[:SAMPLE_RATE // 2])
+  (manual / "corrupt_000010.wav").write_bytes(np.random.default_rng(1).bytes(5000))
+  _write_csv(manual / "vggsound.csv", [
+      ["real10s", 30, LABEL_A, "train"], ["flaccopy", 30, LABEL_A, "train"],
+      ["stereo44k", 30, LABEL_B, "train"], ["halfsec", 0, LABEL_B, "test"],
+      ["corrupt", 10, LABEL_A, "train"], ["nofile", 20, LABEL_B, "test"]])
+  result = _run_script("--manual_dir", str(manual), "--data_dir", str(tmp_path / "data"),
+                       "--num_workers", "2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "vggsound/full: 4 clips written, 2 skipped" in result.stdout
+
+  dataset_dir = tmp_path / "data" / "vggsound" / "full" / vggsound.DATASET_VERSION
+  builder = tfds.builder_from_directory(dataset_dir)
+  clips = {}
+  for split in ("train", "test"):
+    source = builder.as_data_source(split=split)
+    clips.update({e["clip_id"].decode(): e["audio"] for e in (source[i] for i in range(len(source)))})
+  assert set(clips) == {"real10s_000030", "flaccopy_000030", "stereo44k_000030", "halfsec_000000"}
+  np.testing.assert_array_equal(clips["real10s_000030"], ten_seconds)
+  np.testing.assert_array_equal(clips["flaccopy_000030"], ten_seconds)
+  np.testing.assert_array_equal(clips["halfsec_000000"], ten_seconds[:SAMPLE_RATE // 2])
+  assert abs(clips["stereo44k_000030"].size - 10 * SAMPLE_RATE) <= 64
+  assert _best_correlation(clips["stereo44k_000030"], ten_seconds) > 0.95
+  report = vggsound.read_report(dataset_dir)
+  assert {(s["clip_id"], s["reason"].split(":")[0]) for s in report.skipped} == {
+      ("corrupt_000010", "cannot decode"), ("nofile_000020", vggsound.MISSING_FILE)}
