@@ -1,0 +1,363 @@
+"""Reads PyTorch checkpoint files without PyTorch, and without running code from them.
+
+`torch.save` writes a pickle, and unpickling can call any importable function. This reader
+uses a restricted unpickler that resolves only the few globals that rebuild tensors, storages
+and plain containers, mapped to numpy; any other global is refused before anything of it runs.
+
+Both serialisation formats are read (SPEC section 3):
+
+- legacy (PyTorch < 1.6, the released files): one stream of five pickles (magic number,
+  protocol version, system info, the object with persistent storage ids, the sorted list of
+  storage keys), then every storage's raw bytes, each after an int64 element count;
+- zip (PyTorch >= 1.6): `<archive>/data.pkl` with persistent storage ids, the raw bytes of
+  storage `k` in `<archive>/data/k`, and their byte order in `<archive>/byteorder`.
+
+Storage location tags ('cpu', 'cuda:0', ...) are ignored: everything is loaded to host memory.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import collections
+import io
+import os
+import pickle
+import struct
+import zipfile
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+# The first pickle of a legacy file, and the format version that follows it.
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL_VERSION = 1001
+# A zip-format checkpoint starts with a local file header.
+ZIP_MAGIC = b"PK\x03\x04"
+
+# torch.<Name>Storage -> element dtype (little-endian on disk unless `byteorder` says otherwise).
+STORAGE_DTYPES = {
+    "DoubleStorage": np.dtype(np.float64),
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+    "ComplexFloatStorage": np.dtype(np.complex64),
+    "ComplexDoubleStorage": np.dtype(np.complex128),
+    "UntypedStorage": np.dtype(np.uint8),
+}
+
+
+class TorchCheckpointError(ValueError):
+  """A file that cannot be read as a PyTorch checkpoint; the message is "PATH: problem"."""
+
+  def __init__(self, path: str | os.PathLike, problem: str):
+    self.path = str(path)
+    self.problem = problem
+    super().__init__(f"{path}: {problem}")
+
+
+class _Problem(Exception):
+  """Raised inside the reader; turned into a TorchCheckpointError naming the file."""
+
+
+class _Inert:
+  """Base of the reader's own placeholders: a pickle may not overwrite their fields (BUILD)."""
+
+  def __setstate__(self, state):
+    raise _Problem(f"refused to set the state of a {type(self).__name__.lstrip('_')}")
+
+
+class _StorageType(_Inert):
+  """Stands for a `torch.<Name>Storage` class: only its element dtype matters here."""
+
+  def __init__(self, name: str):
+    self.name = name
+    self.dtype = STORAGE_DTYPES[name]
+
+
+class _Storage(_Inert):
+  """A storage named by a persistent id; its bytes are attached once they have been read."""
+
+  def __init__(self, key: str, dtype: np.dtype, numel: int):
+    self.key = key
+    self.dtype = dtype
+    self.numel = numel
+    self.data: np.ndarray | None = None
+    # A legacy view: (root storage, element offset) whose data is a slice of the root's.
+    self.view_of: tuple[_Storage, int] | None = None
+
+  def array(self) -> np.ndarray:
+    if self.view_of is not None:
+      root, offset = self.view_of
+      return root.array()[offset:offset + self.numel]
+    if self.data is None:
+      raise _Problem(f"storage {self.key} is referenced but not stored")
+    return self.data
+
+
+class _LazyTensor(_Inert):
+  """A tensor whose storage bytes may not have been read yet (legacy files store them last)."""
+
+  def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]):
+    self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+  def materialize(self) -> np.ndarray:
+    data = self.storage.array()
+    if not self.size:
+      return np.array(data[self.offset])  # 0-d array, not a numpy scalar
+    if 0 in self.size:
+      return np.zeros(self.size, data.dtype)
+    # Checked at rebuild time already; again here, since as_strided trusts its arguments.
+    if self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) >= data.size:
+      raise _Problem(f"malformed tensor: overruns its storage of {data.size} elements")
+    itemsize = data.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        data[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride], writeable=False)
+    return np.array(view, order="C")  # a C-contiguous copy that owns its memory
+
+
+def _int(value, what):
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise _Problem(f"malformed tensor: {what} {value!r}")
+  return value
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _LazyTensor:
+  """torch._utils._rebuild_tensor(_v2): checks the view lies inside its storage."""
+  del unused  # requires_grad, backward hooks, metadata: meaningless for numpy
+  if not isinstance(storage, _Storage):
+    raise _Problem(f"malformed tensor: storage is a {type(storage).__name__}")
+  if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride):
+    raise _Problem(f"malformed tensor: size {size!r}, stride {stride!r}")
+  offset = _int(storage_offset, "offset")
+  size = tuple(_int(s, "size") for s in size)
+  stride = tuple(_int(s, "stride") for s in stride)
+  if 0 not in size:
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.numel:
+      raise _Problem(f"malformed tensor: size {size} stride {stride} offset {offset} overruns "
+                     f"its storage of {storage.numel} elements")
+  return _LazyTensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
+  """torch._utils._rebuild_parameter(_with_state): a Parameter is just its tensor here."""
+  del requires_grad, backward_hooks, unused
+  if not isinstance(data, _LazyTensor):
+    raise _Problem(f"malformed parameter: data is a {type(data).__name__}")
+  return data
+
+
+class _TensorType(_Inert):
+  """Stands for the class `torch.Tensor` or `torch.nn.Parameter` (rebuilt as numpy anyway)."""
+
+  def __init__(self, name):
+    self.name = name
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+  """torch._tensor._rebuild_from_type_v2, for plain tensors and parameters without state."""
+  if func not in (_rebuild_tensor, _rebuild_parameter) or not isinstance(new_type, _TensorType):
+    raise _Problem("malformed tensor: unsupported _rebuild_from_type_v2 arguments")
+  if state:
+    raise _Problem(f"refused tensor with Python state {sorted(state)!r}")
+  return func(*args)
+
+
+def _codecs_encode(text, encoding="utf-8"):
+  """How protocol-2 pickles store bytes: `_codecs.encode(str, 'latin1')`."""
+  if not isinstance(text, str) or encoding != "latin1":
+    raise _Problem(f"refused _codecs.encode with encoding {encoding!r}")
+  return text.encode("latin1")
+
+
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("_codecs", "encode"): _codecs_encode,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch", "Tensor"): _TensorType("torch.Tensor"),
+    ("torch.nn.parameter", "Parameter"): _TensorType("torch.nn.parameter.Parameter"),
+    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Resolves only `_ALLOWED_GLOBALS`; storages come back as `_Storage` placeholders."""
+
+  def __init__(self, file, storages: dict[str, _Storage]):
+    super().__init__(file, encoding="utf-8")
+    self._storages = storages
+
+  def find_class(self, module, name):
+    # Protocol-2 pickles name Python 2 modules (`__builtin__`); map them as pickle itself does.
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+      module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+      module = _compat_pickle.IMPORT_MAPPING[module]
+    try:
+      return _ALLOWED_GLOBALS[(module, name)]
+    except KeyError:
+      raise _Problem(f"refused to load global '{module}.{name}': the checkpoint may only hold "
+                     "tensors and plain containers (it could run code)") from None
+
+  def persistent_load(self, pid):
+    if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+      kind = pid[0] if isinstance(pid, tuple) and pid else type(pid).__name__
+      raise _Problem(f"refused persistent object of kind {kind!r}: only storages are allowed")
+    if len(pid) not in (5, 6) or not isinstance(pid[1], _StorageType):
+      raise _Problem(f"malformed storage id {pid[:5]!r}")
+    _, storage_type, key, _location, numel, *view = pid
+    if not isinstance(key, str):
+      raise _Problem(f"malformed storage key {key!r}")
+    numel = _int(numel, "storage size")
+    storage = self._storages.get(key)
+    if storage is None:
+      storage = self._storages[key] = _Storage(key, storage_type.dtype, numel)
+    elif storage.dtype != storage_type.dtype or storage.numel != numel:
+      raise _Problem(f"storage {key} is used with two different types or sizes")
+    if view and view[0] is not None:
+      # Legacy views (PyTorch < 1.0): (view key, element offset, view size) into the root storage.
+      if not isinstance(view[0], tuple) or len(view[0]) != 3:
+        raise _Problem(f"malformed storage view {view[0]!r}")
+      view_key, offset, size = str(view[0][0]), view[0][1], view[0][2]
+      offset, size = _int(offset, "view offset"), _int(size, "view size")
+      if offset + size > numel:
+        raise _Problem(f"storage view {view_key} overruns storage {key}")
+      if view_key not in self._storages:
+        child = _Storage(view_key, storage_type.dtype, size)
+        child.view_of = (storage, offset)
+        self._storages[view_key] = child
+      return self._storages[view_key]
+    return storage
+
+
+def _materialize(obj: Any) -> Any:
+  """Replaces lazy tensors with numpy arrays; OrderedDicts become plain dicts."""
+  if isinstance(obj, _LazyTensor):
+    return obj.materialize()
+  if isinstance(obj, dict):
+    return {k: _materialize(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_materialize(v) for v in obj]
+  if isinstance(obj, tuple):
+    return tuple(_materialize(v) for v in obj)
+  if isinstance(obj, (set, frozenset)):
+    return type(obj)(_materialize(v) for v in obj)
+  if isinstance(obj, (_Storage, _StorageType, _TensorType)) or callable(obj):
+    raise _Problem(f"unexpected {type(obj).__name__} object outside a tensor")
+  return obj
+
+
+def _read_zip(archive: zipfile.ZipFile) -> Any:
+  pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+  if len(pickles) != 1:
+    raise _Problem("zip file without exactly one '<archive>/data.pkl': not a PyTorch checkpoint")
+  prefix = pickles[0][:-len("data.pkl")]
+  byteorder = "little"
+  if prefix + "byteorder" in archive.namelist():
+    byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
+    if byteorder not in ("little", "big"):
+      raise _Problem(f"unknown byte order {byteorder!r}")
+  storages: dict[str, _Storage] = {}
+  obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), storages).load()
+  for key, storage in storages.items():
+    name = f"{prefix}data/{key}"
+    try:
+      raw = archive.read(name)
+    except KeyError:
+      raise _Problem(f"storage {key} missing from the archive ({name})") from None
+    expected = storage.numel * storage.dtype.itemsize
+    if len(raw) != expected:
+      raise _Problem(f"storage {key} holds {len(raw)} bytes, expected {expected}")
+    dtype = storage.dtype.newbyteorder("<" if byteorder == "little" else ">")
+    storage.data = np.frombuffer(raw, dtype).astype(storage.dtype, copy=False)
+  return obj
+
+
+def _read_legacy(f) -> Any:
+  storages: dict[str, _Storage] = {}
+
+  def load():
+    return _RestrictedUnpickler(f, storages).load()
+
+  try:
+    magic = load()
+  except _Problem:
+    raise
+  except Exception:
+    raise _Problem("not a PyTorch checkpoint (neither a zip archive nor a legacy pickle)") from None
+  if magic != LEGACY_MAGIC_NUMBER:
+    raise _Problem("not a PyTorch checkpoint (no legacy magic number)")
+  protocol = load()
+  if protocol != LEGACY_PROTOCOL_VERSION:
+    raise _Problem(f"unsupported legacy protocol version {protocol!r}")
+  sys_info = load()
+  if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+    raise _Problem("big-endian legacy checkpoints are not supported")
+  obj = load()
+  keys = load()
+  if not isinstance(keys, list) or any(k not in storages for k in keys):
+    raise _Problem("malformed storage key list")
+  for key in keys:
+    storage = storages[key]
+    header = f.read(8)
+    if len(header) != 8:
+      raise _Problem(f"truncated: storage {key} is missing")
+    (numel,) = struct.unpack("<q", header)
+    if numel != storage.numel:
+      raise _Problem(f"storage {key} holds {numel} elements, expected {storage.numel}")
+    nbytes = numel * storage.dtype.itemsize
+    raw = f.read(nbytes)
+    if len(raw) != nbytes:
+      raise _Problem(f"truncated: storage {key} has {len(raw)} of its {nbytes} bytes")
+    storage.data = np.frombuffer(raw, storage.dtype.newbyteorder("<")).astype(storage.dtype, copy=False)
+  missing = [k for k, s in storages.items() if s.view_of is None and s.data is None]
+  if missing:
+    raise _Problem(f"storages {missing[:5]} are referenced but not stored")
+  return obj
+
+
+def load_torch_checkpoint(path: str | os.PathLike) -> Any:
+  """Loads a file written by `torch.save` as nested dicts/lists/tuples of numpy arrays.
+
+  Raises TorchCheckpointError ("PATH: problem") for a missing, truncated or foreign file and
+  for a pickle that refers to anything but tensors, storages and plain containers.
+  """
+  try:
+    with open(path, "rb") as f:
+      if zipfile.is_zipfile(f):
+        f.seek(0)
+        with zipfile.ZipFile(f) as archive:
+          obj = _read_zip(archive)
+      else:
+        f.seek(0)
+        if f.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
+          raise _Problem("truncated or corrupt zip archive (no central directory)")
+        f.seek(0)
+        obj = _read_legacy(f)
+    return _materialize(obj)
+  except _Problem as e:
+    raise TorchCheckpointError(path, str(e)) from None
+  except FileNotFoundError:
+    raise TorchCheckpointError(path, "no such file") from None
+  except IsADirectoryError:
+    raise TorchCheckpointError(path, "is a directory, not a checkpoint file") from None
+  except OSError as e:
+    raise TorchCheckpointError(path, f"cannot read: {e.strerror or e}") from None
+  except EOFError:
+    raise TorchCheckpointError(path, "truncated: the pickle ends early") from None
+  except (pickle.UnpicklingError, zipfile.BadZipFile, ValueError, TypeError, AttributeError,
+          IndexError, KeyError, struct.error, UnicodeDecodeError, MemoryError, RecursionError) as e:
+    raise TorchCheckpointError(path, f"corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
