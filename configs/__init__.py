@@ -1,0 +1,1 @@
+"""Experiment configs: `base.py` holds the shared recipe, one small file per experiment."""

@@ -1,0 +1,173 @@
+"""Evaluation over the device mesh, and the files it leaves in WORKDIR/eval/<split>/.
+
+The eval loader pads its last batch and marks real examples with `mask`; predictions are
+kept only where the mask is set, and every example index must appear exactly once.
+
+Files written per split:
+- `predictions.npz`: `index` (position in the split), `clip_id` (when the data has them),
+  `probs` (N, C) float32 softmax probabilities, `labels` (N,);
+- `metrics.json`: mAP, mAUC, d_prime, top1, top5, num_clips, classes_left_out (SPEC section 5),
+  strict JSON: a value that is not finite (d' of a perfect mAUC is +inf) is written as null;
+- `per_class.csv`: class, ap, auc, count; `per_class_ap.png`: the per-class APs, sorted;
+- optionally `clips/<clip_id>.npy`, one (C,) probability vector per clip, the layout the
+  original release's test script writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from vggsound_jax import metrics as metrics_lib
+from vggsound_jax import sharding as sharding_lib
+from vggsound_jax.spectrogram import log_spectrogram
+
+# Batch entries that go to the device; anything else (e.g. clip_id strings) stays on the host.
+_DEVICE_KEYS = ("audio", "label", "mask", "index")
+
+
+def make_eval_step(graphdef, mesh) -> Callable:
+  """The jitted `eval_step(model_states, batch) -> {probs, label, mask, index}`.
+
+  `model_states` is a tuple of nnx States that `nnx.merge(graphdef, *model_states)` turns
+  into the model in eval mode. Outputs are replicated, so every process sees all of them.
+  """
+
+  def eval_step(model_states, batch):
+    model = nnx.merge(graphdef, *model_states)
+    spectrogram = log_spectrogram(batch["audio"])[..., None].astype(model.config.dtype)
+    probs = jax.nn.softmax(model(spectrogram), axis=-1)
+    return {"probs": probs, "label": batch["label"], "mask": batch["mask"], "index": batch["index"]}
+
+  replicated = sharding_lib.replicated(mesh)
+  return jax.jit(eval_step, in_shardings=(replicated, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=replicated)
+
+
+def predict(eval_step: Callable, model_states: tuple, batches: Iterable[dict], mesh, *,
+            description: str = "eval") -> dict:
+  """Runs the eval step over all batches; returns unpadded `probs`, `labels`, `index`.
+
+  Rows come back sorted by example index; `clip_id` is included when the batches carry it.
+  """
+  import tqdm
+
+  probs, labels, indices, clip_ids = [], [], [], []
+  for batch in tqdm.tqdm(batches, desc=description, unit="batch", leave=False,
+                         disable=not sharding_lib.is_main_process()):
+    local_mask = np.asarray(batch["mask"], bool)
+    out = eval_step(model_states, sharding_lib.shard_batch(
+        {k: batch[k] for k in _DEVICE_KEYS}, mesh))
+    mask = np.asarray(out["mask"], bool)
+    probs.append(np.asarray(out["probs"], np.float32)[mask])
+    labels.append(np.asarray(out["label"])[mask])
+    indices.append(np.asarray(out["index"])[mask])
+    if "clip_id" in batch and jax.process_count() == 1:
+      clip_ids.extend(np.asarray(batch["clip_id"]).astype(str)[local_mask])
+  if not probs:
+    raise ValueError("the evaluation split has no examples")
+  index = np.concatenate(indices)
+  unique, counts = np.unique(index, return_counts=True)
+  if (counts > 1).any():
+    raise ValueError(f"examples counted more than once: indices {unique[counts > 1][:10].tolist()}")
+  order = np.argsort(index, kind="stable")
+  result = {"probs": np.concatenate(probs)[order], "labels": np.concatenate(labels)[order],
+            "index": index[order]}
+  if clip_ids:
+    result["clip_id"] = np.asarray(clip_ids)[order]
+  return result
+
+
+def compute_split_metrics(predictions: dict, num_classes: int) -> dict:
+  del num_classes  # the width of `probs`
+  return metrics_lib.scalar_metrics(
+      metrics_lib.compute_metrics(predictions["probs"], predictions["labels"]))
+
+
+def clip_ids_from_source(source: Sequence[dict], indices: np.ndarray) -> np.ndarray | None:
+  """Looks the clip ids of `indices` up in the source; None when its records have none."""
+  if not len(indices) or "clip_id" not in source[int(indices[0])]:
+    return None
+  ids = [source[int(i)]["clip_id"] for i in indices]
+  return np.asarray([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
+
+
+def write_results(out_dir: str | os.PathLike, predictions: dict, class_names: Sequence[str], *,
+                  source: Sequence[dict] | None = None, export_clip_npy: bool = False) -> dict:
+  """Writes predictions, metrics and per-class results; returns the scalar metrics."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  probs, labels = predictions["probs"], predictions["labels"]
+  if probs.shape[1] != len(class_names):
+    raise ValueError(f"{out_dir}: {probs.shape[1]} model outputs but {len(class_names)} class names")
+  clip_ids = predictions.get("clip_id")
+  if clip_ids is None and export_clip_npy and source is not None:
+    clip_ids = clip_ids_from_source(source, predictions["index"])
+
+  full = metrics_lib.compute_metrics(probs, labels)
+  scalars = metrics_lib.scalar_metrics(full)
+
+  arrays = {"index": predictions["index"], "probs": probs, "labels": labels,
+            "class_names": np.asarray(class_names, dtype=str)}
+  if clip_ids is not None:
+    arrays["clip_id"] = np.asarray(clip_ids, dtype=str)
+  np.savez(out_dir / "predictions.npz", **arrays)
+  (out_dir / "metrics.json").write_text(json.dumps(_strict_json(scalars), indent=2) + "\n")
+  with open(out_dir / "per_class.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["class", "ap", "auc", "count"])
+    for name, ap, auc, count in zip(class_names, full["ap"], full["auc"], full["count"]):
+      writer.writerow([name, _fmt(ap), _fmt(auc), int(count)])
+  plot_per_class_ap(out_dir / "per_class_ap.png", class_names, full["ap"], scalars["mAP"])
+
+  if export_clip_npy:
+    if clip_ids is None:
+      raise ValueError(f"{out_dir}: export_clip_npy needs clip ids, and the data has none")
+    clip_dir = out_dir / "clips"
+    clip_dir.mkdir(exist_ok=True)
+    for clip_id, p in zip(clip_ids, probs):
+      np.save(clip_dir / f"{clip_id}.npy", p.astype(np.float32))
+  return scalars
+
+
+def _strict_json(values: dict) -> dict:
+  """NaN and infinity (d' of a perfect mAUC is +inf) become null, which strict JSON allows."""
+  return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}
+
+
+def _fmt(x: float) -> str:
+  return "" if not np.isfinite(x) else f"{x:.6f}"
+
+
+def plot_per_class_ap(path: str | os.PathLike, class_names: Sequence[str], ap: np.ndarray,
+                      m_ap: float) -> None:
+  """Bar chart of the per-class APs, best first; classes with no positives are left out."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  kept = np.flatnonzero(np.isfinite(ap))
+  order = kept[np.argsort(-ap[kept], kind="stable")]
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.06 * len(order) + 2), 4.5))
+  ax.bar(np.arange(len(order)), ap[order], width=0.9, color="tab:blue")
+  ax.axhline(m_ap, color="tab:red", linestyle="--", label=f"mAP {m_ap:.3f}")
+  ax.set_xlim(-0.5, len(order) - 0.5)
+  ax.set_ylim(0, 1.02)
+  ax.set_ylabel("average precision")
+  ax.set_title(f"Per-class AP ({len(order)} classes, best first)")
+  if len(order) <= 40:
+    ax.set_xticks(np.arange(len(order)))
+    ax.set_xticklabels([class_names[i] for i in order], rotation=90, fontsize=7)
+  else:
+    ax.set_xlabel("class rank")
+  ax.legend(loc="upper right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
