@@ -22,6 +22,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import numpy as np
 
+from vggsound_jax.errors import PathError
+
 # The release wraps the network in a module whose attribute is `audnet` (SPEC section 3);
 # `module.` is what nn.DataParallel adds in front.
 STATE_DICT_PREFIXES = ("module.", "audnet.")
@@ -36,13 +38,8 @@ _VLAD_MODULE = "avgpool"
 _VLAD_FC = "fc_"
 
 
-class ConversionError(ValueError):
-  """A checkpoint that cannot be converted; the message is "PATH: problem"."""
-
-  def __init__(self, path: str | os.PathLike, problem: str):
-    self.path = str(path)
-    self.problem = problem
-    super().__init__(f"{path}: {problem}")
+class ConversionError(PathError):
+  """A checkpoint that cannot be converted."""
 
 
 def extract_state_dict(checkpoint: Any) -> tuple[dict[str, np.ndarray], str]:

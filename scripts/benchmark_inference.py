@@ -77,7 +77,6 @@ def bench_model(cfg, rows):
   from vggsound_jax.spectrogram import log_spectrogram
 
   torch_reference = import_torch_reference()
-  torch.set_num_threads(torch.get_num_threads())
   for head in _HEADS.value:
     torch_model = torch_reference.build_torch_model(18, head, width=cfg["width"])
     torch_reference.randomize_(torch_model, seed=0)
@@ -104,25 +103,25 @@ def bench_model(cfg, rows):
         cl_model = cl_model.eval().to(memory_format=torch.channels_last)
         cl_input = nchw.contiguous(memory_format=torch.channels_last)
 
-        def autocast_call(m):
-          with torch.autocast("cpu", dtype=torch.bfloat16):
+        def call(m, bf16):
+          with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return m(cl_input)
 
-        results["torch cl+bf16"] = seconds_per_call(lambda: autocast_call(cl_model), repeats=cfg["repeats"])
+        runners = {"torch cl fp32": (cl_model, False), "torch cl+bf16": (cl_model, True)}
         if cfg["torch_compile"]:
-          compiled = torch.compile(cl_model)
+          runners["torch cl fp32+compile"] = (torch.compile(cl_model), False)
+          runners["torch cl+bf16+compile"] = (torch.compile(cl_model), True)
+        for name, (runner, bf16) in runners.items():
           start = time.perf_counter()
-          autocast_call(compiled)
-          compile_s = time.perf_counter() - start
-          results["torch cl+bf16+compile"] = seconds_per_call(
-              lambda: autocast_call(compiled), repeats=cfg["repeats"], warmup=1)
-          print(f"torch.compile took {compile_s:.0f} s for {head} batch {batch}", flush=True)
+          call(runner, bf16)  # compiles, for the compiled ones
+          if "compile" in name:
+            print(f"{name}: compiling took {time.perf_counter() - start:.0f} s", flush=True)
+          results[name] = seconds_per_call(lambda: call(runner, bf16), repeats=cfg["repeats"])
       agreement = np.mean(results["jax fp32 logits"].argmax(1) == results["jax bf16 logits"].argmax(1))
       eager = results["torch eager fp32"]
-      best_torch = min(v for k, v in results.items() if k.startswith("torch") and k != "torch eager fp32")
-      for name in ("jax fp32", "jax bf16", "torch eager fp32", "torch cl+bf16", "torch cl+bf16+compile"):
-        if name not in results:
-          continue
+      torch_names = [k for k in results if k.startswith("torch")]
+      best_torch = min(results[k] for k in torch_names)
+      for name in ["jax fp32", "jax bf16"] + torch_names:
         rows.append([f"r18 {head}", batch, name, batch / results[name], eager / results[name],
                      best_torch / results[name],
                      f"{agreement:.3f}" if name == "jax bf16" else ""])
@@ -181,14 +180,14 @@ def bench_predict(cfg, rows):
     import os
     env = dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "jax_cache"))
     predict = [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(tmp / "converted"),
-               "--batch_size", "32", "--top_k", "1"] + files
+               "--top_k", "1"] + files  # its default batch size
     cold = run(predict, env)
     warm = min(run(predict, env) for _ in range(cfg["repeats"]))
     original = min(run([sys.executable, str(script), str(ckpt)] + files) for _ in range(cfg["repeats"]))
     del torch
     n = len(files)
     rows.append(["original way (scipy + eager PyTorch, batch 32)", n, original, 1.0])
-    rows.append(["scripts/predict.py, compilation cache warm", n, warm, original / warm])
+    rows.append(["scripts/predict.py (batch 8), compilation cache warm", n, warm, original / warm])
     rows.append(["scripts/predict.py, first run (compiles)", n, cold, original / cold])
 
 
@@ -207,7 +206,7 @@ def main(argv):
     rows = []
     bench_model(cfg, rows)
     print_table(f"Model only, ResNet-18 width {cfg['width']}, {clip} (ratios: higher is faster)",
-                ["model", "batch", "implementation", "clips/s", "x eager fp32", "x best PyTorch",
+                ["model", "batch", "implementation", "clips/s", "x eager fp32", "x fastest PyTorch",
                  "bf16 top-1 agreement"], rows)
   if "frontend" in _SECTIONS.value:
     rows = []

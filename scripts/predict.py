@@ -58,7 +58,7 @@ def main(argv):
     try:
       return path, load_clip(path), None
     except AudioDecodeError as e:
-      return path, None, e.reason
+      return path, None, e.problem
 
   done_files, all_probs, all_embeddings, failures = [], [], [], []
   # Decoding runs ahead in threads (PyAV and libsndfile release the GIL) while the model runs.

@@ -1,10 +1,10 @@
 """Decoding to 16 kHz mono int16, and tiling to the 10 s clip."""
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 
+from media_fixtures import write_mp4
 from vggsound_jax.audio import CLIP_SAMPLES, AudioDecodeError, decode_audio, load_clip, to_clip
 
 FS = 16000
@@ -16,17 +16,6 @@ def _tone(seconds, fs=FS, freq=440.0, channels=1):
   x = np.clip(x * 32767, -32768, 32767).astype(np.int16)
   return np.stack([x] * channels, axis=1) if channels > 1 else x
 
-
-def _write_mp4(path, samples, fs=FS):
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("aac", rate=fs)
-    stream.layout = "mono"
-    frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
-    frame.sample_rate = fs
-    for packet in stream.encode(frame):
-      container.mux(packet)
-    for packet in stream.encode(None):
-      container.mux(packet)
 
 
 @pytest.mark.parametrize("ext", ["wav", "flac"])
@@ -50,7 +39,7 @@ def test_stereo_44k_is_resampled_to_16k_mono(tmp_path):
 
 def test_mp4_with_aac_audio_decodes(tmp_path):
   x = _tone(1.0)
-  _write_mp4(tmp_path / "v.mp4", x)
+  write_mp4(tmp_path / "v.mp4", x)
   out = decode_audio(tmp_path / "v.mp4")
   assert out.dtype == np.int16 and abs(out.size - FS) <= 2048
   spectrum = np.abs(np.fft.rfft(out.astype(float)))

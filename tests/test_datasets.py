@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
+from media_fixtures import write_mp4
 from vggsound_jax.audio import SAMPLE_RATE
 from vggsound_jax.datasets import vggsound
 from vggsound_jax.labels import class_names
@@ -37,17 +37,9 @@ def _write(path, samples, fs=SAMPLE_RATE):
   sf.write(path, samples, fs, subtype="PCM_16")
 
 
-def _write_mp4(path, samples, fs=SAMPLE_RATE):
+def _write_mp4(path, samples):
   path.parent.mkdir(parents=True, exist_ok=True)
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("aac", rate=fs)
-    stream.layout = "mono"
-    frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
-    frame.sample_rate = fs
-    for packet in stream.encode(frame):
-      container.mux(packet)
-    for packet in stream.encode(None):
-      container.mux(packet)
+  write_mp4(path, samples)
 
 
 def _write_csv(path, rows):

@@ -17,6 +17,8 @@ import av
 import numpy as np
 import soundfile as sf
 
+from vggsound_jax.errors import PathError
+
 SAMPLE_RATE = 16_000
 CLIP_SECONDS = 10
 CLIP_SAMPLES = SAMPLE_RATE * CLIP_SECONDS
@@ -26,13 +28,8 @@ INT16_SCALE = 32768.0
 LOSSLESS_EXTENSIONS = (".wav", ".flac")
 
 
-class AudioDecodeError(ValueError):
-  """A file that cannot be turned into audio; the message names the file and the reason."""
-
-  def __init__(self, path: str | os.PathLike, reason: str):
-    self.path = str(path)
-    self.reason = reason
-    super().__init__(f"{path}: {reason}")
+class AudioDecodeError(PathError):
+  """A file that cannot be turned into audio."""
 
 
 def decode_audio(path: str | os.PathLike) -> np.ndarray:

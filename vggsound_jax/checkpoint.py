@@ -23,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from vggsound_jax.errors import PathError
 from vggsound_jax.models import ModelConfig, ResNet, build_model
 
 MODEL_FORMAT = "vggsound_jax.model/1"
@@ -30,13 +31,8 @@ STATE_ITEM = "state"
 METADATA_ITEM = "metadata"
 
 
-class ModelCheckpointError(ValueError):
-  """A directory that is not a (readable) model checkpoint; the message is "DIR: problem"."""
-
-  def __init__(self, directory: str | os.PathLike, problem: str):
-    self.directory = str(directory)
-    self.problem = problem
-    super().__init__(f"{directory}: {problem}")
+class ModelCheckpointError(PathError):
+  """A directory that is not a (readable) model checkpoint."""
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from flax import nnx
 
 from vggsound_jax import metrics as metrics_lib
 from vggsound_jax import sharding as sharding_lib
-from vggsound_jax.spectrogram import log_spectrogram
+from vggsound_jax.inference import forward
 
 # Batch entries that go to the device; anything else (e.g. clip_id strings) stays on the host.
 _DEVICE_KEYS = ("audio", "label", "mask", "index")
@@ -41,9 +41,7 @@ def make_eval_step(graphdef, mesh) -> Callable:
   """
 
   def eval_step(model_states, batch):
-    model = nnx.merge(graphdef, *model_states)
-    spectrogram = log_spectrogram(batch["audio"])[..., None].astype(model.config.dtype)
-    probs = jax.nn.softmax(model(spectrogram), axis=-1)
+    probs, _ = forward(nnx.merge(graphdef, *model_states), batch["audio"])
     return {"probs": probs, "label": batch["label"], "mask": batch["mask"], "index": batch["index"]}
 
   replicated = sharding_lib.replicated(mesh)

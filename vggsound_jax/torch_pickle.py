@@ -29,6 +29,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from vggsound_jax.errors import PathError
+
 # The first pickle of a legacy file, and the format version that follows it.
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -53,13 +55,8 @@ STORAGE_DTYPES = {
 }
 
 
-class TorchCheckpointError(ValueError):
-  """A file that cannot be read as a PyTorch checkpoint; the message is "PATH: problem"."""
-
-  def __init__(self, path: str | os.PathLike, problem: str):
-    self.path = str(path)
-    self.problem = problem
-    super().__init__(f"{path}: {problem}")
+class TorchCheckpointError(PathError):
+  """A file that cannot be read as a PyTorch checkpoint."""
 
 
 class _Problem(Exception):

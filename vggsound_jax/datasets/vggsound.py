@@ -285,7 +285,7 @@ def _decode_job(path: str | None) -> tuple[np.ndarray | None, str | None]:
   try:
     return audio_lib.decode_audio(path), None
   except audio_lib.AudioDecodeError as e:
-    return None, e.reason
+    return None, e.problem
   except Exception as e:  # pylint: disable=broad-except
     # Not expected from the decoder, but a build of 200k files must not die on one; the
     # clip is reported with the error instead.
