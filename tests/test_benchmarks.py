@@ -12,7 +12,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 @pytest.mark.parametrize("command,expected", [
     (["benchmark_inference.py", "--smoke"], ["## Model only", "## Front end", "## Whole-process predict"]),
     (["benchmark_train.py", "--smoke", "--dtypes=float32", "--heads=vlad"], ["## Train step", "r18 vlad"]),
-    (["benchmark_memory.py", "--smoke"], ["## Peak RSS of evaluation", "growth:"]),
+    (["benchmark_memory.py", "--smoke"], ["## Peak RSS of evaluation", "streaming growth"]),
     (["benchmark_data.py", "--num_clips=4", "--format=wav", "--build_workers=1", "--loader_workers=0",
       "--batches=2", "--batch_size=2"], ["clips/s"]),
 ])
