@@ -30,7 +30,7 @@ flags.mark_flag_as_required("config")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from vggsound_jax import evaluation, sharding, trainer
+  from vggsound_jax import sharding, trainer
   from vggsound_jax.inference import enable_compilation_cache
 
   sharding.initialize_distributed(force=_MULTIPROCESS.value)

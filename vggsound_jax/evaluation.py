@@ -83,8 +83,7 @@ def predict(eval_step: Callable, model_states: tuple, batches: Iterable[dict], m
   return result
 
 
-def compute_split_metrics(predictions: dict, num_classes: int) -> dict:
-  del num_classes  # the width of `probs`
+def compute_split_metrics(predictions: dict) -> dict:
   return metrics_lib.scalar_metrics(
       metrics_lib.compute_metrics(predictions["probs"], predictions["labels"]))
 

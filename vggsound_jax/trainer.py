@@ -168,9 +168,14 @@ def create_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation,
   return model_graphs(model_cfg), state
 
 
+def _model_states(state: TrainState) -> tuple:
+  """What `nnx.merge` takes after a graphdef to rebuild the model."""
+  return state["params"], state["batch_stats"]
+
+
 def model_from_state(graphs: Graphs, state: TrainState) -> nnx.Module:
   """The model in eval mode, holding the state's parameters and running statistics."""
-  return nnx.merge(graphs.eval, state["params"], state["batch_stats"])
+  return nnx.merge(graphs.eval, *_model_states(state))
 
 
 # ----------------------------------------------------------------------------- steps
@@ -192,7 +197,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphs: Graphs, tx, sched
       targets = optax.smooth_labels(targets, label_smoothing)
     inputs = spectrogram[..., None].astype(compute_dtype)
 
-    model = nnx.merge(graphs.train, state["params"], state["batch_stats"])
+    model = nnx.merge(graphs.train, *_model_states(state))
 
     def loss_fn(model):
       logits = model(inputs)
@@ -336,7 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         pending, clips_seen, interval_start = [], 0, time.perf_counter()
 
       if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and step < total_steps:
-        _evaluate_all(config, data, graphs, state, mesh, workdir, writer, step, write_files=False)
+        _evaluate_all(config, data, graphs.eval, _model_states(state), mesh, workdir,
+                      writer=writer, step=step, write_files=False)
 
       preempted = (manager.reached_preemption(step) if jax.process_count() > 1
                    else preemption.raised)
@@ -351,26 +357,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   manager.wait_until_finished()
 
   _export_model(graphs, state, data.class_names, workdir / "model", config)
-  results = _evaluate_all(config, data, graphs, state, mesh, workdir, writer, step, write_files=True)
+  results = _evaluate_all(config, data, graphs.eval, _model_states(state), mesh, workdir,
+                          writer=writer, step=step, write_files=True)
   if writer:
     writer.close()
   manager.close()
   return results
 
 
-def _evaluate_all(config, data, graphs, state, mesh, workdir, writer, step, *, write_files):
-  eval_step = evaluation.make_eval_step(graphs.eval, mesh)
+def _evaluate_all(config, data, graphdef, model_states, mesh, workdir, *, writer=None, step=0,
+                  write_files):
+  """Evaluates every configured split; with `write_files`, writes WORKDIR/eval/<split>/."""
+  eval_step = evaluation.make_eval_step(graphdef, mesh)
   results = {}
   for split, source in data.eval.items():
     predictions = evaluation.predict(
-        eval_step, (state["params"], state["batch_stats"]), make_eval_batches(config, source),
-        mesh, description=f"eval {split}")
+        eval_step, model_states, make_eval_batches(config, source), mesh, description=f"eval {split}")
     if write_files and sharding_lib.is_main_process():
       metrics = evaluation.write_results(
           workdir / "eval" / split, predictions, data.class_names, source=source,
           export_clip_npy=config.eval.export_clip_npy)
     else:
-      metrics = evaluation.compute_split_metrics(predictions, len(data.class_names))
+      metrics = evaluation.compute_split_metrics(predictions)
     results[split] = metrics
     if writer:
       for key, value in metrics.items():
@@ -422,8 +430,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       raise ValueError(
           f"{checkpoint}: the model's {len(metadata['class_names'])} classes are not the data's "
           f"{len(data.class_names)} classes (data config {config.data.config!r})")
-    model.eval()
-    graphdef, model_state = nnx.split(model)
+    graphdef, model_state = nnx.split(model)  # load_model returns it in eval mode
     model_states = (jax.device_put(model_state, sharding_lib.replicated(mesh)),)
   else:
     manager = checkpoint_manager(workdir, read_only=True)
@@ -433,15 +440,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     tx = make_optimizer(config, schedule)
     graphs, state = create_train_state(model_config(config, len(data.class_names)), tx, config.seed)
     state = restore_state(manager, state, mesh, step=step)
-    graphdef, model_states = graphs.eval, (state["params"], state["batch_stats"])
-
-  eval_step = evaluation.make_eval_step(graphdef, mesh)
-  results = {}
-  for split, source in data.eval.items():
-    predictions = evaluation.predict(eval_step, model_states, make_eval_batches(config, source),
-                                     mesh, description=f"eval {split}")
-    if sharding_lib.is_main_process():
-      results[split] = evaluation.write_results(
-          workdir / "eval" / split, predictions, data.class_names, source=source,
-          export_clip_npy=config.eval.export_clip_npy)
-  return results
+    graphdef, model_states = graphs.eval, _model_states(state)
+  return _evaluate_all(config, data, graphdef, model_states, mesh, workdir, write_files=True)
