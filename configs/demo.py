@@ -1,17 +1,19 @@
 """The README's first command: a small ResNet-18 on the embedded synthetic data set.
 
-  python scripts/train.py --config configs/demo.py --workdir runs/demo
+  vggsound-train --config configs/demo.py --workdir runs/demo
 
 Builds the synthetic data set on first use (8 classes of procedurally generated sounds),
 trains a width-8 ResNet-18 on random 1 s crops for a few hundred steps, evaluates on the
 full 10 s test clips, and writes runs/demo/eval/test/. A few minutes on a 2-core CPU.
 """
 
-from configs import base
+import ml_collections
+
+from vggsound_jax import default_config
 
 
-def get_config():
-  config = base.get_config()
+def get_config() -> ml_collections.ConfigDict:
+  config = default_config.get_config()
   config.model.width = 8  # an eighth of the paper's channels: 64x fewer FLOPs
   config.model.dtype = "float32"  # bfloat16 is slow on CPUs without native support
 

@@ -1,61 +1,6 @@
-"""Build the TFDS data set `vggsound` from your copy of VGGSound, or the synthetic one.
+"""Build the TFDS data set vggsound: the same as `vggsound-build` (vggsound_jax/cli/build.py)."""
 
-  python scripts/build_dataset.py --manual_dir DIR --data_dir DIR [--config full|common]
-  python scripts/build_dataset.py --data_dir DIR --config synthetic
-
-manual_dir holds `vggsound.csv`, the clip files (`{youtube_id}_{start:06d}.{wav,flac,mp4,mkv,
-webm}`, subfolders allowed) and optionally `AStest.csv` and `Common.txt` (see
-`vggsound_jax/datasets/vggsound.py`). Clips that are missing or cannot be decoded are
-skipped; the summary printed at the end and `build_report.json` in the dataset directory
-list them with the reason. A malformed list stops the build before decoding, with the file
-and line. An already built config is left as it is unless --overwrite is given.
-"""
-
-from __future__ import annotations
-
-import os
-import sys
-
-from absl import app, flags
-
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Directory with vggsound.csv and the clips.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write to.", required=True)
-_CONFIG = flags.DEFINE_enum("config", "full", ["full", "common", "synthetic"], "Builder config.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
-                                    "Decoding processes.", lower_bound=1)
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the config is already built.")
-
-
-def _check_manual_dir(manual_dir: str | None) -> None:
-  # Imported here so that --help stays fast.
-  from vggsound_jax.datasets.vggsound import CSV_NAME  # noqa: PLC0415
-
-  if manual_dir is None:
-    sys.exit(f"error: --manual_dir is needed for --config {_CONFIG.value}")
-  if not os.path.isdir(manual_dir):
-    sys.exit(f"error: {manual_dir}: manual_dir is not a directory")
-  if not os.path.isfile(os.path.join(manual_dir, CSV_NAME)):
-    sys.exit(f"error: {manual_dir}: no {CSV_NAME} in manual_dir")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value != "synthetic":
-    _check_manual_dir(_MANUAL_DIR.value)
-
-  from vggsound_jax.datasets import vggsound  # noqa: PLC0415
-
-  try:
-    report = vggsound.build(_DATA_DIR.value, config=_CONFIG.value, manual_dir=_MANUAL_DIR.value,
-                            num_workers=_NUM_WORKERS.value, overwrite=_OVERWRITE.value)
-  except (vggsound.ClipListError, vggsound.ManualDirError, OSError) as e:
-    sys.exit(f"error: {e}")
-  print(report.summary())
-  builder = vggsound.Vggsound(config=_CONFIG.value, data_dir=_DATA_DIR.value)
-  print(f"dataset: {builder.data_path}")
-  print(f"report: {os.path.join(builder.data_path, vggsound.REPORT_NAME)}")
-
+from vggsound_jax.cli.build import run
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

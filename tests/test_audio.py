@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from media_fixtures import write_mp4
 from vggsound_jax.audio import CLIP_SAMPLES, AudioDecodeError, decode_audio, load_clip, to_clip
+from vggsound_jax.testing.media import write_mp4
 
 FS = 16000
 
@@ -15,7 +15,6 @@ def _tone(seconds, fs=FS, freq=440.0, channels=1):
   x = 0.5 * np.sin(2 * np.pi * freq * t) + 0.05 * np.random.default_rng(0).normal(size=t.size)
   x = np.clip(x * 32767, -32768, 32767).astype(np.int16)
   return np.stack([x] * channels, axis=1) if channels > 1 else x
-
 
 
 @pytest.mark.parametrize("ext", ["wav", "flac"])

@@ -6,19 +6,37 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("command,expected", [
+@pytest.mark.parametrize(
+  "command,expected",
+  [
     (["benchmark_inference.py", "--smoke"], ["## Model only", "## Front end", "## Whole-process predict"]),
     (["benchmark_train.py", "--smoke", "--dtypes=float32", "--heads=vlad"], ["## Train step", "r18 vlad"]),
     (["benchmark_memory.py", "--smoke"], ["## Peak RSS of evaluation", "streaming growth"]),
-    (["benchmark_data.py", "--num_clips=4", "--format=wav", "--build_workers=1", "--loader_workers=0",
-      "--batches=2", "--batch_size=2"], ["clips/s"]),
-])
+    (
+      [
+        "benchmark_data.py",
+        "--num_clips=4",
+        "--format=wav",
+        "--build_workers=1",
+        "--loader_workers=0",
+        "--batches=2",
+        "--batch_size=2",
+      ],
+      ["clips/s"],
+    ),
+  ],
+)
 def test_benchmark_runs(command, expected, tmp_path):
-  result = subprocess.run([sys.executable, str(SCRIPTS / command[0]), *command[1:]], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, str(BENCHMARKS / command[0]), *command[1:]],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   for text in expected:
     assert text in result.stdout, result.stdout

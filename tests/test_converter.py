@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import torch_reference
-from converters.pytorch_to_flax import ConversionError, convert, flax_model_from_state_dict
 from vggsound_jax import labels
-from vggsound_jax.checkpoint import load_model
+from vggsound_jax.model_dir import load_model
+from vggsound_jax.pytorch_conversion import ConversionError, convert, flax_model_from_state_dict
+from vggsound_jax.testing import torch_reference
 from vggsound_jax.torch_pickle import TorchCheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,8 +40,9 @@ def _random_torch_model(depth, head, width, seed):
 
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
-@pytest.mark.parametrize("depth,head,width", [
-    (18, "avgpool", 64), (18, "vlad", 64), (34, "avgpool", 16), (50, "avgpool", 16)])
+@pytest.mark.parametrize(
+  "depth,head,width", [(18, "avgpool", 64), (18, "vlad", 64), (34, "avgpool", 16), (50, "avgpool", 16)]
+)
 def test_converted_model_matches_pytorch(tmp_path, depth, head, width, legacy):
   torch_model = _random_torch_model(depth, head, width, seed=depth + legacy)
   checkpoint = tmp_path / f"vggsound_{head}.pth.tar"
@@ -55,8 +56,9 @@ def test_converted_model_matches_pytorch(tmp_path, depth, head, width, legacy):
     convert(checkpoint, output)
 
   model, metadata = load_model(output)
-  assert metadata["model_config"] == dict(depth=depth, head=head, num_classes=309, width=width,
-                                          num_clusters=16, dtype="float32")
+  assert metadata["model_config"] == dict(
+    depth=depth, head=head, num_classes=309, width=width, num_clusters=16, dtype="float32"
+  )
   assert metadata["class_names"] == list(labels.class_names())
   assert metadata["source"]["file"] == checkpoint.name
   assert metadata["source"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
@@ -77,8 +79,7 @@ def test_bare_state_dict_and_in_memory_conversion(tmp_path):
   torch.save(torch_model.state_dict(), checkpoint)  # no model_state_dict wrapper
   convert(checkpoint, tmp_path / "model")
   model, _ = load_model(tmp_path / "model")
-  in_memory = flax_model_from_state_dict({k: v.numpy() for k, v in torch_model.state_dict().items()},
-                                         dtype="bfloat16")
+  in_memory = flax_model_from_state_dict({k: v.numpy() for k, v in torch_model.state_dict().items()}, dtype="bfloat16")
   assert in_memory.config.dtype == "bfloat16" and in_memory.config.head == "vlad"
   x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
   with torch.no_grad():
@@ -135,7 +136,7 @@ def test_truncated_checkpoint(tmp_path, legacy):
   checkpoint = tmp_path / "model.pth.tar"
   torch_reference.save_release_style(_random_torch_model(18, "avgpool", 4, seed=0), checkpoint, legacy=legacy)
   data = checkpoint.read_bytes()
-  checkpoint.write_bytes(data[:int(len(data) * 0.6)])
+  checkpoint.write_bytes(data[: int(len(data) * 0.6)])
   with pytest.raises(TorchCheckpointError, match="truncated"):
     convert(checkpoint, tmp_path / "out")
   result = _run_cli("--input", checkpoint, "--output", tmp_path / "out")
@@ -149,6 +150,7 @@ def test_files_that_are_not_checkpoints(tmp_path):
   text.write_text("hello, this is not a checkpoint\n")
   plain_pickle = tmp_path / "plain.pkl"
   import pickle
+
   plain_pickle.write_bytes(pickle.dumps({"model_state_dict": {}}, protocol=2))
   for path in (text, plain_pickle):
     with pytest.raises(TorchCheckpointError, match="not a PyTorch checkpoint"):

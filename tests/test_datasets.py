@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from media_fixtures import write_mp4
 from vggsound_jax.audio import SAMPLE_RATE
-from vggsound_jax.datasets import vggsound
+from vggsound_jax.datasets import synthetic, vggsound
 from vggsound_jax.labels import class_names
+from vggsound_jax.testing.media import write_mp4
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = class_names()
@@ -52,8 +52,10 @@ def _best_correlation(a, b, max_lag=64):
   n = min(a.size, b.size) - 2 * max_lag
   a = a.astype(float)
   b = b.astype(float)
-  return max(np.corrcoef(a[max_lag:max_lag + n], b[max_lag + lag:max_lag + lag + n])[0, 1]
-             for lag in range(-max_lag, max_lag + 1))
+  return max(
+    np.corrcoef(a[max_lag : max_lag + n], b[max_lag + lag : max_lag + lag + n])[0, 1]
+    for lag in range(-max_lag, max_lag + 1)
+  )
 
 
 def _read_all(data_dir, config, split):
@@ -64,12 +66,12 @@ def _read_all(data_dir, config, split):
 
 # Clips of the main fixture: clip_id -> (label, split); sources kept for comparison.
 SOURCES = {
-    "-a_A1_000010": _signal(1.5, seed=1),                       # wav, id with - and _
-    "bbb_000020": _signal(1.2, seed=2),                          # flac in a subfolder
-    "ccc_000030": _signal(1.0, seed=3),                          # mp4 (AAC), deeper
-    "ddd_000040": _signal(2.0, fs=44100, seed=4, channels=2),    # 44.1 kHz stereo
-    "eee_000000": _signal(0.5, seed=5),                          # short
-    "iii_000001": _signal(1.0, seed=9),                          # wav beside an mp4
+  "-a_A1_000010": _signal(1.5, seed=1),  # wav, id with - and _
+  "bbb_000020": _signal(1.2, seed=2),  # flac in a subfolder
+  "ccc_000030": _signal(1.0, seed=3),  # mp4 (AAC), deeper
+  "ddd_000040": _signal(2.0, fs=44100, seed=4, channels=2),  # 44.1 kHz stereo
+  "eee_000000": _signal(0.5, seed=5),  # short
+  "iii_000001": _signal(1.0, seed=9),  # wav beside an mp4
 }
 
 
@@ -87,21 +89,25 @@ def built(tmp_path_factory):
   (manual / "ggg_000060.wav").write_bytes(np.random.default_rng(0).bytes(3000))
   _write(manual / "hhh_000070.wav", np.zeros(0, np.int16))
   _write(manual / "unlisted_000001.wav", _signal(0.5))
-  _write_csv(manual / "vggsound.csv", [
+  _write_csv(
+    manual / "vggsound.csv",
+    [
       ["-a_A1", 10, LABEL_A, "train"],
       ["bbb", 20, COMMA_LABEL, "train"],
       ["ccc", 30, LABEL_A, "test"],
       ["ddd", 40, LABEL_B, "test"],
       ["eee", 0, LABEL_B, "train"],
-      ["fff", 50, LABEL_A, "train"],        # no file
-      ["ggg", 60, LABEL_B, "test"],         # corrupt
-      ["hhh", 70, LABEL_A, "train"],        # zero-length
+      ["fff", 50, LABEL_A, "train"],  # no file
+      ["ggg", 60, LABEL_B, "test"],  # corrupt
+      ["hhh", 70, LABEL_A, "train"],  # zero-length
       ["iii", 1, LABEL_B, "train"],
-      ["-a_A1", 10, LABEL_A, "train"],      # exact duplicate
-      ["bbb", 20, LABEL_B, "train"],        # duplicate with another label: first kept
-  ])
-  _write_csv(manual / "AStest.csv", [["ccc_000030.mp4", LABEL_A], ["ggg_000060.mp4", LABEL_B],
-                                     ["zzz_000001.mp4", LABEL_A]])
+      ["-a_A1", 10, LABEL_A, "train"],  # exact duplicate
+      ["bbb", 20, LABEL_B, "train"],  # duplicate with another label: first kept
+    ],
+  )
+  _write_csv(
+    manual / "AStest.csv", [["ccc_000030.mp4", LABEL_A], ["ggg_000060.mp4", LABEL_B], ["zzz_000001.mp4", LABEL_A]]
+  )
   (manual / "Common.txt").write_text(f"{LABEL_A}\n{COMMA_LABEL}\n")
   report = vggsound.build(data, manual_dir=manual, num_workers=2)
   common_report = vggsound.build(data, config="common", manual_dir=manual, num_workers=1)
@@ -150,24 +156,30 @@ def test_report_lists_every_skipped_clip_with_its_reason(built):
   path = tfds.builder("vggsound/full", data_dir=data).data_path / vggsound.REPORT_NAME
   on_disk = json.loads(Path(path).read_text())
   skipped = {(s["split"], s["clip_id"]): s for s in on_disk["skipped"]}
-  assert set(skipped) == {("train", "fff_000050"), ("train", "hhh_000070"),
-                          ("test", "ggg_000060"), ("astest", "ggg_000060")}
+  assert set(skipped) == {
+    ("train", "fff_000050"),
+    ("train", "hhh_000070"),
+    ("test", "ggg_000060"),
+    ("astest", "ggg_000060"),
+  }
   assert skipped["train", "fff_000050"]["reason"] == vggsound.MISSING_FILE
   assert skipped["train", "fff_000050"]["path"] is None
   assert skipped["train", "hhh_000070"]["reason"] == "no audio samples"
   assert skipped["test", "ggg_000060"]["reason"].startswith("cannot decode")
   assert skipped["test", "ggg_000060"]["path"].endswith("ggg_000060.wav")
   assert on_disk["splits"]["train"] == {
-      "rows": 6, "found": 5, "written": 4,
-      "skipped": {"no such file": 1, "no audio samples": 1}}
+    "rows": 6,
+    "found": 5,
+    "written": 4,
+    "skipped": {"no such file": 1, "no audio samples": 1},
+  }
   assert on_disk["splits"]["test"]["written"] == 2
   assert on_disk["csv_rows"] == 11 and on_disk["duplicate_rows"] == 2
   assert [c["clip_id"] for c in on_disk["conflicting_duplicates"]] == ["bbb_000020"]
   assert on_disk["astest_not_in_csv"] == 1
   assert vggsound.read_report(Path(path).parent) == report
   summary = report.summary()
-  assert "train: 6 listed, 5 files found, 4 written; skipped: 1 no audio samples, 1 no such file" \
-      in summary
+  assert "train: 6 listed, 5 files found, 4 written; skipped: 1 no audio samples, 1 no such file" in summary
   assert "2 duplicates merged" in summary
 
 
@@ -187,13 +199,16 @@ def test_build_is_skipped_when_already_prepared(built):
   assert again == report
 
 
-@pytest.mark.parametrize("row, message", [
+@pytest.mark.parametrize(
+  "row, message",
+  [
     (["x", "1", LABEL_A], "expected 4 fields"),
     (["x", "1.5", LABEL_A, "train"], "start_seconds '1.5' is not a whole number"),
     (["x", "1", LABEL_A, "val"], "split 'val' is not one of train, test"),
     (["x", "1", "no such class", "train"], "unknown label 'no such class'"),
     (["", "1", LABEL_A, "train"], "empty youtube_id"),
-])
+  ],
+)
 def test_bad_csv_row_is_an_error_with_file_and_line(tmp_path, row, message):
   _write_csv(tmp_path / "vggsound.csv", [["ok", 1, LABEL_A, "train"], [], row])
   with pytest.raises(vggsound.ClipListError) as e:
@@ -230,8 +245,13 @@ def test_no_matching_files_is_a_one_line_error(tmp_path):
 
 def _run_script(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, str(REPO / "scripts" / "build_dataset.py"), *args],
-                        capture_output=True, text=True, env=env, timeout=120)
+  return subprocess.run(
+    [sys.executable, str(REPO / "scripts" / "build_dataset.py"), *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+  )
 
 
 def test_script_bad_manual_dir_and_bad_csv_give_one_line_errors(tmp_path):
@@ -252,14 +272,20 @@ def test_done_when_four_good_clips_lossless_exact_two_bad_reported(tmp_path):
   _write(manual / "real10s_000030.wav", ten_seconds)
   _write(manual / "flaccopy_000030.flac", ten_seconds)
   _write(manual / "stereo44k_000030.wav", _signal(10.0, fs=44100, seed=7, channels=2), fs=44100)
-  _write(manual / "halfsec_000000.wav", ten_seconds[:SAMPLE_RATE // 2])
+  _write(manual / "halfsec_000000.wav", ten_seconds[: SAMPLE_RATE // 2])
   (manual / "corrupt_000010.wav").write_bytes(np.random.default_rng(1).bytes(5000))
-  _write_csv(manual / "vggsound.csv", [
-      ["real10s", 30, LABEL_A, "train"], ["flaccopy", 30, LABEL_A, "train"],
-      ["stereo44k", 30, LABEL_B, "train"], ["halfsec", 0, LABEL_B, "test"],
-      ["corrupt", 10, LABEL_A, "train"], ["nofile", 20, LABEL_B, "test"]])
-  result = _run_script("--manual_dir", str(manual), "--data_dir", str(tmp_path / "data"),
-                       "--num_workers", "2")
+  _write_csv(
+    manual / "vggsound.csv",
+    [
+      ["real10s", 30, LABEL_A, "train"],
+      ["flaccopy", 30, LABEL_A, "train"],
+      ["stereo44k", 30, LABEL_B, "train"],
+      ["halfsec", 0, LABEL_B, "test"],
+      ["corrupt", 10, LABEL_A, "train"],
+      ["nofile", 20, LABEL_B, "test"],
+    ],
+  )
+  result = _run_script("--manual_dir", str(manual), "--data_dir", str(tmp_path / "data"), "--num_workers", "2")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "vggsound/full: 4 clips written, 2 skipped" in result.stdout
 
@@ -272,9 +298,65 @@ def test_done_when_four_good_clips_lossless_exact_two_bad_reported(tmp_path):
   assert set(clips) == {"real10s_000030", "flaccopy_000030", "stereo44k_000030", "halfsec_000000"}
   np.testing.assert_array_equal(clips["real10s_000030"], ten_seconds)
   np.testing.assert_array_equal(clips["flaccopy_000030"], ten_seconds)
-  np.testing.assert_array_equal(clips["halfsec_000000"], ten_seconds[:SAMPLE_RATE // 2])
+  np.testing.assert_array_equal(clips["halfsec_000000"], ten_seconds[: SAMPLE_RATE // 2])
   assert abs(clips["stereo44k_000030"].size - 10 * SAMPLE_RATE) <= 64
   assert _best_correlation(clips["stereo44k_000030"], ten_seconds) > 0.95
   report = vggsound.read_report(dataset_dir)
   assert {(s["clip_id"], s["reason"].split(":")[0]) for s in report.skipped} == {
-      ("corrupt_000010", "cannot decode"), ("nofile_000020", vggsound.MISSING_FILE)}
+    ("corrupt_000010", "cannot decode"),
+    ("nofile_000020", vggsound.MISSING_FILE),
+  }
+
+
+def test_plan_matches_clips_to_files_without_decoding(tmp_path, monkeypatch):
+  _write(tmp_path / "a_000001.wav", _signal(0.5))
+  _write(tmp_path / "sub" / "b_000002.flac", _signal(0.5))
+  _write_csv(
+    tmp_path / "vggsound.csv",
+    [["a", 1, LABEL_A, "train"], ["b", 2, LABEL_B, "test"], ["c", 3, LABEL_A, "test"], ["a", 1, LABEL_A, "train"]],
+  )
+  _write_csv(tmp_path / "AStest.csv", [["c_000003.mp4", LABEL_A]])
+  monkeypatch.setattr(vggsound, "_decode_job", lambda p: pytest.fail("decoded"))
+  plan = vggsound.plan_build(tmp_path)
+  assert (plan.csv_rows, plan.duplicate_rows, plan.astest_not_in_csv) == (4, 1, 0)
+  assert list(plan.splits) == ["train", "test", "astest"]
+  assert [r.clip_id for r in plan.splits["test"].rows] == ["b_000002", "c_000003"]
+  assert plan.splits["test"].paths == [tmp_path / "sub" / "b_000002.flac", None]
+  assert list(plan.buildable_splits()) == ["train", "test"]  # astest has no file
+  report = vggsound.BuildReport(config="full")
+  vggsound.start_report(report, plan)
+  assert report.skipped == [{"split": "astest", "clip_id": "c_000003", "path": None, "reason": vggsound.MISSING_FILE}]
+  with pytest.raises(vggsound.ManualDirError, match="the common config needs Common.txt"):
+    vggsound.plan_build(tmp_path, common_only=True)
+
+
+def test_generators_record_what_they_write_and_skip(tmp_path):
+  _write(tmp_path / "a_000001.wav", _signal(0.5))
+  rows = [vggsound.ClipRow("a", 1, LABEL_A, "train", 1), vggsound.ClipRow("b", 2, LABEL_A, "train", 2)]
+  report = vggsound.BuildReport(config="full", splits={"train": vggsound.SplitReport(2, 1)})
+  examples = list(
+    vggsound.generate_manual_examples("train", rows, [tmp_path / "a_000001.wav", None], report=report, num_workers=1)
+  )
+  assert [key for key, _ in examples] == ["a_000001"]
+  np.testing.assert_array_equal(examples[0][1]["audio"], _signal(0.5))
+  assert report.splits["train"] == vggsound.SplitReport(2, 1, 1, {vggsound.MISSING_FILE: 1})
+  report = vggsound.BuildReport(config="synthetic", splits={"test": vggsound.SplitReport()})
+  assert (
+    len(list(vggsound.generate_synthetic_examples("test", report=report, clips_per_class=1)))
+    == report.splits["test"].written
+    == len(synthetic.CLASS_NAMES)
+  )
+
+
+def test_script_prints_one_summary_and_does_not_rebuild(tmp_path):
+  _write(tmp_path / "manual" / "a_000001.wav", _signal(0.5))
+  _write_csv(tmp_path / "manual" / "vggsound.csv", [["a", 1, LABEL_A, "train"], ["b", 2, LABEL_A, "train"]])
+  args = ("--manual_dir", str(tmp_path / "manual"), "--data_dir", str(tmp_path / "data"), "--num_workers", "1")
+  first = _run_script(*args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert (first.stdout + first.stderr).count("vggsound/full: 1 clips written, 1 skipped") == 1
+  assert "already built" not in first.stdout
+  second = _run_script(*args)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "vggsound/full is already built" in second.stdout
+  assert (second.stdout + second.stderr).count("vggsound/full: 1 clips written, 1 skipped") == 1

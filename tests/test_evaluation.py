@@ -7,11 +7,10 @@ import jax
 import numpy as np
 import pytest
 import sklearn.metrics
-from flax import nnx
 
 from vggsound_jax import evaluation, input_pipeline, sharding
 from vggsound_jax.inference import forward
-from vggsound_jax.models import ModelConfig, build_model
+from vggsound_jax.models import ModelConfig, build_model, split_model
 
 NUM_CLASSES = 5
 NAMES = tuple(f"sound {i}" for i in range(NUM_CLASSES))
@@ -20,9 +19,14 @@ NAMES = tuple(f"sound {i}" for i in range(NUM_CLASSES))
 @pytest.fixture(scope="module")
 def source():
   rng = np.random.default_rng(0)
-  return [{"audio": rng.integers(-2000, 2000, rng.integers(3000, 8000)).astype(np.int16),
-           "label": i % NUM_CLASSES, "clip_id": f"vid{i:03d}_000030".encode()}
-          for i in range(23)]
+  return [
+    {
+      "audio": rng.integers(-2000, 2000, rng.integers(3000, 8000)).astype(np.int16),
+      "label": i % NUM_CLASSES,
+      "clip_id": f"vid{i:03d}_000030".encode(),
+    }
+    for i in range(23)
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +38,10 @@ def model():
 
 @pytest.fixture(scope="module")
 def predictions(source, model):
-  mesh = sharding.make_mesh()
-  graphdef, state = nnx.split(model)
+  mesh = sharding.make_mesh()  # 8 CPU devices (conftest.py), a batch of 8: one clip each
+  graphdef, state = split_model(model)
   batches = input_pipeline.eval_loader(source, global_batch_size=8, num_samples=8000)
-  return evaluation.predict(evaluation.make_eval_step(graphdef, mesh), (state,), batches, mesh)
+  return evaluation.predict(evaluation.make_eval_step(graphdef, mesh), state, batches, mesh)
 
 
 def test_every_example_counted_once(source, model, predictions):
@@ -51,12 +55,16 @@ def test_every_example_counted_once(source, model, predictions):
 
 
 def test_duplicates_are_an_error(model):
-  mesh = sharding.make_mesh()
-  graphdef, state = nnx.split(model)
-  batch = {"audio": np.zeros((2, 4000), np.int16), "label": np.zeros(2, np.int32),
-           "mask": np.ones(2, bool), "index": np.array([4, 4])}
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  graphdef, state = split_model(model)
+  batch = {
+    "audio": np.zeros((2, 4000), np.int16),
+    "label": np.zeros(2, np.int32),
+    "mask": np.ones(2, bool),
+    "index": np.array([4, 4]),
+  }
   with pytest.raises(ValueError, match="more than once"):
-    evaluation.predict(evaluation.make_eval_step(graphdef, mesh), (state,), [batch], mesh)
+    evaluation.predict(evaluation.make_eval_step(graphdef, mesh), state, [batch], mesh)
 
 
 def test_files_written(tmp_path, source, predictions):

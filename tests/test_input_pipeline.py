@@ -20,13 +20,11 @@ NUM_SAMPLES = 1600  # short clips keep the tests fast; tiling is the same at any
 
 def _source(n=12):
   """Example i: a ramp of 100 + 37 i samples (distinct content and length), label i."""
-  return [{"audio": (np.arange(100 + 37 * i) * (i + 1) % 30000).astype(np.int16), "label": i}
-          for i in range(n)]
+  return [{"audio": (np.arange(100 + 37 * i) * (i + 1) % 30000).astype(np.int16), "label": i} for i in range(n)]
 
 
 def _train(source, **kwargs):
-  kwargs = {"global_batch_size": 4, "seed": 7, "num_samples": NUM_SAMPLES, "shard_index": 0,
-            "shard_count": 1, **kwargs}
+  kwargs = {"global_batch_size": 4, "seed": 7, "num_samples": NUM_SAMPLES, "shard_index": 0, "shard_count": 1, **kwargs}
   return input_pipeline.train_loader(source, **kwargs)
 
 
@@ -80,7 +78,7 @@ def test_same_seed_same_batches_other_seed_other_batches():
 def test_epochs_cover_everything_and_reshuffle():
   source = _source(12)
   labels = [b["label"] for b in _take(iter(_train(source)), 9)]
-  epochs = [np.concatenate(labels[i:i + 3]) for i in range(0, 9, 3)]
+  epochs = [np.concatenate(labels[i : i + 3]) for i in range(0, 9, 3)]
   for epoch in epochs:
     assert sorted(epoch.tolist()) == list(range(12))
   assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
@@ -105,8 +103,7 @@ def test_shards_are_disjoint_and_cover_the_data(shard_count):
   per_shard = n // shard_count
   seen = []
   for shard in range(shard_count):
-    loader = _train(source, global_batch_size=local_batch * shard_count, shard_index=shard,
-                    shard_count=shard_count)
+    loader = _train(source, global_batch_size=local_batch * shard_count, shard_index=shard, shard_count=shard_count)
     batches = _take(iter(loader), per_shard // local_batch)
     assert all(b["label"].shape == (local_batch,) for b in batches)
     labels = np.concatenate([b["label"] for b in batches]).tolist()
@@ -122,16 +119,17 @@ def test_batch_size_must_split_over_shards():
     _train(_source(), global_batch_size=5, shard_count=2)
 
 
-@pytest.mark.parametrize("n, global_batch, shard_count", [(10, 4, 1), (10, 4, 2), (7, 6, 3),
-                                                           (8, 4, 2)])
+@pytest.mark.parametrize("n, global_batch, shard_count", [(10, 4, 1), (10, 4, 2), (7, 6, 3), (8, 4, 2)])
 def test_eval_visits_every_example_once_with_a_mask(n, global_batch, shard_count):
   source = _source(n)
   steps = -(-n // global_batch)
   indices = []
   for shard in range(shard_count):
-    batches = list(input_pipeline.eval_loader(
-        source, global_batch_size=global_batch, num_samples=NUM_SAMPLES, shard_index=shard,
-        shard_count=shard_count))
+    batches = list(
+      input_pipeline.eval_loader(
+        source, global_batch_size=global_batch, num_samples=NUM_SAMPLES, shard_index=shard, shard_count=shard_count
+      )
+    )
     assert len(batches) == steps  # every process runs the same number of steps
     for b in batches:
       local = global_batch // shard_count
@@ -194,8 +192,7 @@ def test_tfds_source_end_to_end_without_tensorflow(tmp_path):
       print("ok", len(names), len(train), len(test))
   """)
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=170)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=170)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split()[-4:] == ["ok", "8", "288", "96"]
 

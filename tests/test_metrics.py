@@ -1,4 +1,4 @@
-"""compute_metrics against sklearn and scipy called directly (SPEC section 5)."""
+"""compute_metrics against sklearn and scipy called directly (docs/original_pipeline.md#metrics)."""
 
 import numpy as np
 import pytest
@@ -34,8 +34,7 @@ def test_int_labels_match_sklearn_and_scipy():
   assert m["mAUC"] == pytest.approx(m_auc, abs=1e-12)
   assert m["d_prime"] == pytest.approx(d_prime, abs=1e-12)
   assert m["top1"] == pytest.approx(sklearn.metrics.top_k_accuracy_score(labels, probs, k=1))
-  assert m["top5"] == pytest.approx(
-      sklearn.metrics.top_k_accuracy_score(labels, probs, k=5, labels=np.arange(c)))
+  assert m["top5"] == pytest.approx(sklearn.metrics.top_k_accuracy_score(labels, probs, k=5, labels=np.arange(c)))
   assert m["num_clips"] == n and m["classes_left_out"] == 0 and kept == c
   assert m["ap"].shape == m["auc"].shape == m["count"].shape == (c,)
   np.testing.assert_array_equal(m["count"], np.bincount(labels, minlength=c))

@@ -11,27 +11,26 @@ from vggsound_jax.models.netvlad import NetVLAD
 
 
 def test_spatial_sizes_of_a_10s_spectrogram():
-  """SPEC section 2: stem 129x502, max-pool 65x251, stages 65x251, 33x126, 17x63, 9x32."""
+  """docs/original_pipeline.md#network: stem 129x502, max-pool 65x251, stages 65x251, 33x126, 17x63, 9x32."""
   model = build_model(ModelConfig(width=4))
   model.eval()
   x = jax.ShapeDtypeStruct((1, 257, 1004, 1), jnp.float32)
   stem = jax.eval_shape(model.conv1, x)
   assert stem.shape[1:3] == (129, 502)
-  pooled = jax.eval_shape(
-      lambda y: nnx.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), stem)
+  pooled = jax.eval_shape(lambda y: nnx.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), stem)
   assert pooled.shape[1:3] == (65, 251)
   assert jax.eval_shape(model.features, x).shape == (1, 9, 32, 32)
 
 
-@pytest.mark.parametrize("depth,head,dim", [
-    (18, "avgpool", 32), (18, "vlad", 16 * 32), (34, "avgpool", 32), (50, "avgpool", 128)])
+@pytest.mark.parametrize(
+  "depth,head,dim", [(18, "avgpool", 32), (18, "vlad", 16 * 32), (34, "avgpool", 32), (50, "avgpool", 128)]
+)
 def test_logits_and_embedding_shapes(depth, head, dim):
   config = ModelConfig(depth=depth, head=head, width=4, num_classes=7)
   assert config.embedding_dim == dim
   model = build_model(config)
   model.eval()
-  logits, embedding = nnx.jit(lambda m, x: m(x, return_embedding=True))(
-      model, jnp.ones((2, 257, 64, 1)))
+  logits, embedding = nnx.jit(lambda m, x: m(x, return_embedding=True))(model, jnp.ones((2, 257, 64, 1)))
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
   assert embedding.shape == (2, dim)
 
@@ -42,7 +41,7 @@ def test_vlad_is_only_for_known_heads():
 
 
 def test_netvlad_matches_a_step_by_step_numpy_reference():
-  """SPEC section 2, NetVLAD steps 1-6, written out with loops in float64."""
+  """NetVLAD steps 1-6 of docs/original_pipeline.md#network, written out with loops in float64."""
   k, d = 3, 5
   vlad = NetVLAD(k, d, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(1)
@@ -74,8 +73,7 @@ def test_netvlad_assignment_conv_is_initialised_from_centroids():
   vlad = NetVLAD(4, 6, rngs=nnx.Rngs(0))
   c = np.asarray(vlad.centroids[...])
   np.testing.assert_allclose(np.asarray(vlad.conv.kernel[...])[0, 0], 200.0 * c.T, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(vlad.conv.bias[...]), -100.0 * np.linalg.norm(c, axis=1),
-                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(vlad.conv.bias[...]), -100.0 * np.linalg.norm(c, axis=1), rtol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters():

@@ -12,7 +12,7 @@ import scipy.signal
 import soundfile as sf
 import torch
 
-import torch_reference
+from vggsound_jax.testing import torch_reference
 
 REPO = Path(__file__).resolve().parent.parent
 FS = 16000
@@ -51,8 +51,19 @@ def converted(tmp_path_factory):
   model.eval()
   checkpoint = tmp / "vggsound_avgpool.pth.tar"
   torch_reference.save_release_style(model, checkpoint, legacy=True)
-  subprocess.run([sys.executable, str(REPO / "converters/pytorch_to_flax.py"), "--input", str(checkpoint),
-                  "--output", str(tmp / "model")], check=True, capture_output=True, text=True)
+  subprocess.run(
+    [
+      sys.executable,
+      str(REPO / "converters/pytorch_to_flax.py"),
+      "--input",
+      str(checkpoint),
+      "--output",
+      str(tmp / "model"),
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+  )
   return model, tmp
 
 
@@ -64,9 +75,23 @@ def test_predict_matches_pytorch_with_scipy_front_end(converted):
     sf.write(paths[-1], _speech_like(seconds, seed=i), FS, subtype="PCM_16")
   out = tmp / "preds.npz"
   result = subprocess.run(
-      [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(tmp / "model"),
-       "--batch_size", "2", "--top_k", "3", "--output", str(out), *paths],
-      capture_output=True, text=True, env=dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "cache")))
+    [
+      sys.executable,
+      str(REPO / "scripts/predict.py"),
+      "--checkpoint",
+      str(tmp / "model"),
+      "--batch_size",
+      "2",
+      "--top_k",
+      "3",
+      "--output",
+      str(out),
+      *paths,
+    ],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "cache")),
+  )
   assert result.returncode == 0, result.stderr
   preds = np.load(out)
   assert list(preds["files"]) == paths
@@ -90,9 +115,21 @@ def test_unreadable_files_are_reported_and_skipped(converted):
   missing = tmp / "missing.wav"
   out = tmp / "partial.npz"
   result = subprocess.run(
-      [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(tmp / "model"),
-       "--output", str(out), str(corrupt), str(good), str(missing)],
-      capture_output=True, text=True, env=dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "cache")))
+    [
+      sys.executable,
+      str(REPO / "scripts/predict.py"),
+      "--checkpoint",
+      str(tmp / "model"),
+      "--output",
+      str(out),
+      str(corrupt),
+      str(good),
+      str(missing),
+    ],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "cache")),
+  )
   assert result.returncode == 1
   assert f"{corrupt}: cannot decode" in result.stderr
   assert f"{missing}: no such file" in result.stderr
@@ -102,7 +139,9 @@ def test_unreadable_files_are_reported_and_skipped(converted):
 
 def test_bad_checkpoint_directory_is_one_line_error(tmp_path):
   result = subprocess.run(
-      [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(tmp_path), "x.wav"],
-      capture_output=True, text=True)
+    [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(tmp_path), "x.wav"],
+    capture_output=True,
+    text=True,
+  )
   assert result.returncode != 0
   assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr

@@ -2,18 +2,37 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
-RUNTIME_MODULES = [
-    "vggsound_jax.audio", "vggsound_jax.spectrogram", "vggsound_jax.models", "vggsound_jax.inference",
-    "vggsound_jax.checkpoint", "vggsound_jax.torch_pickle", "vggsound_jax.input_pipeline",
-    "vggsound_jax.trainer", "vggsound_jax.evaluation", "vggsound_jax.metrics", "converters.pytorch_to_flax",
+import pytest
+
+LIBRARY_MODULES = [
+  "vggsound_jax.audio",
+  "vggsound_jax.spectrogram",
+  "vggsound_jax.models",
+  "vggsound_jax.inference",
+  "vggsound_jax.model_dir",
+  "vggsound_jax.torch_pickle",
+  "vggsound_jax.input_pipeline",
+  "vggsound_jax.trainer",
+  "vggsound_jax.evaluation",
+  "vggsound_jax.metrics",
+  "vggsound_jax.pytorch_conversion",
+]
+# Each command defines its absl flags on import, so each gets a process of its own.
+COMMANDS = [
+  "vggsound_jax.cli.train",
+  "vggsound_jax.cli.evaluate",
+  "vggsound_jax.cli.predict",
+  "vggsound_jax.cli.convert",
 ]
 
 
-def test_runtime_modules_import_neither_torch_nor_tensorflow():
-  code = (f"import sys, importlib\nfor m in {RUNTIME_MODULES!r}: importlib.import_module(m)\n"
-          "print(sorted({n.split('.')[0] for n in sys.modules} & {'torch', 'tensorflow'}))")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+@pytest.mark.parametrize("modules", [LIBRARY_MODULES] + [[c] for c in COMMANDS], ids=["library"] + COMMANDS)
+def test_runtime_modules_import_neither_torch_nor_tensorflow(modules):
+  code = (
+    f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+    "print(sorted({n.split('.')[0] for n in sys.modules} & {'torch', 'tensorflow'}))"
+  )
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().splitlines()[-1] == "[]"

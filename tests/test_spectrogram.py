@@ -12,7 +12,7 @@ N = 160000  # 10 s
 
 
 def scipy_reference(x16: np.ndarray) -> np.ndarray:
-  """The original front end, written out from SPEC section 1, in float64."""
+  """The original front end, written out from docs/original_pipeline.md#front-end, in float64."""
   x = np.clip(x16.astype(np.float64) / 32768.0, -1.0, 1.0)
   _, _, s = scipy.signal.spectrogram(x, fs=FS, nperseg=512, noverlap=353)
   s = np.log(s + 1e-7)
@@ -27,14 +27,14 @@ def _signals() -> dict[str, np.ndarray]:
   click = np.zeros(N)
   click[N // 2] = 20000
   signals = {
-      "tone": 0.8 * 32767 * np.sin(2 * np.pi * 1000 * t),
-      "two_tones": 32767 * (0.5 * np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 3100 * t)),
-      "white_noise": rng.normal(0, 0.2 * 32767, N),
-      "speech_like_bursts": 8000 * envelope * voiced + rng.normal(0, 30, N),
-      "silence_with_click": click,
-      "near_silent": rng.integers(-2, 3, N),
-      "offset_near_silent": 1000 + rng.integers(-1, 2, N),
-      "full_scale_square": 32767 * np.sign(np.sin(2 * np.pi * 50 * t)),
+    "tone": 0.8 * 32767 * np.sin(2 * np.pi * 1000 * t),
+    "two_tones": 32767 * (0.5 * np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 3100 * t)),
+    "white_noise": rng.normal(0, 0.2 * 32767, N),
+    "speech_like_bursts": 8000 * envelope * voiced + rng.normal(0, 30, N),
+    "silence_with_click": click,
+    "near_silent": rng.integers(-2, 3, N),
+    "offset_near_silent": 1000 + rng.integers(-1, 2, N),
+    "full_scale_square": 32767 * np.sign(np.sin(2 * np.pi * 50 * t)),
   }
   return {k: np.clip(np.round(v), -32768, 32767).astype(np.int16) for k, v in signals.items()}
 
@@ -60,9 +60,10 @@ def test_float_input_is_clipped_like_int16():
   x16 = SIGNALS["white_noise"][:32000]
   as_float = x16.astype(np.float32) / 32768.0
   np.testing.assert_allclose(
-      np.asarray(log_spectrogram(as_float * 4.0)),  # clipped to [-1, 1] first
-      scipy_reference(np.clip(x16.astype(np.int64) * 4, -32768, 32767).astype(np.int16)),
-      atol=1e-3)
+    np.asarray(log_spectrogram(as_float * 4.0)),  # clipped to [-1, 1] first
+    scipy_reference(np.clip(x16.astype(np.int64) * 4, -32768, 32767).astype(np.int16)),
+    atol=1e-3,
+  )
 
 
 @pytest.mark.parametrize("num_samples", [512, 671, 16000, 160000])

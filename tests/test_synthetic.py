@@ -32,7 +32,7 @@ def test_deterministic_for_a_seed_and_independent_of_count():
 
 def test_clips_are_int16_varied_length_and_levels():
   clips = list(synthetic.generate_split("test", clips_per_class=3))
-  assert [c.label for c in clips[:len(synthetic.CLASS_NAMES)]] == list(range(len(synthetic.CLASS_NAMES)))
+  assert [c.label for c in clips[: len(synthetic.CLASS_NAMES)]] == list(range(len(synthetic.CLASS_NAMES)))
   lengths = np.array([c.audio.size for c in clips]) / SAMPLE_RATE
   assert lengths.min() >= synthetic.MIN_SECONDS and lengths.max() <= synthetic.MAX_SECONDS
   assert lengths.std() > 0.3  # varied lengths exercise tiling
@@ -43,18 +43,25 @@ def test_clips_are_int16_varied_length_and_levels():
 
 
 def _features(audio):
-  """Shift- and level-invariant features of the standardised log-spectrogram (SPEC 1)."""
-  x = audio[:2 * SAMPLE_RATE].astype(np.float64) / 32768
+  """Shift- and level-invariant features of the standardised log-spectrogram.
+
+  The standardisation is the front end's (docs/original_pipeline.md#front-end).
+  """
+  x = audio[: 2 * SAMPLE_RATE].astype(np.float64) / 32768
   _, _, s = scipy.signal.spectrogram(x, fs=SAMPLE_RATE, nperseg=512, noverlap=353)
   log = np.log(s + 1e-7)
   log = (log - log.mean()) / (log.std() + 1e-9)
   energy = np.log(np.exp(log).sum(0))
   energy -= energy.mean()
   track = np.argmax(log, 0)
-  return np.concatenate([
-      np.sort(log.mean(1))[::8], np.sort(log.std(1))[::8],
+  return np.concatenate(
+    [
+      np.sort(log.mean(1))[::8],
+      np.sort(log.std(1))[::8],
       np.quantile(energy, np.linspace(0, 1, 9)),
-      [np.std(np.diff(energy)), np.std(track), np.mean(np.abs(np.diff(track)))]])
+      [np.std(np.diff(energy)), np.std(track), np.mean(np.abs(np.diff(track)))],
+    ]
+  )
 
 
 def test_classes_are_distinguishable_from_the_log_spectrogram():

@@ -49,33 +49,35 @@ def _everything():
   g = torch.Generator().manual_seed(0)
   base = torch.randn(6, 5, generator=g)
   return {
-      "epoch": 7,
-      "name": "run",
-      "floats": [0.5, float("inf")],
-      "flags": (True, None),
-      "blob": b"\x00\xffbytes",
-      "groups": {1, 2},
-      "state": collections.OrderedDict([
-          ("f32", base),
-          ("f64", torch.randn(3, generator=g, dtype=torch.float64)),
-          ("f16", torch.randn(4, 2, generator=g).half()),
-          ("bf16", torch.randn(3, 3, generator=g).bfloat16()),
-          ("i64", torch.arange(-3, 9).reshape(3, 4)),
-          ("i32", torch.arange(5, dtype=torch.int32)),
-          ("i16", torch.arange(5, dtype=torch.int16) - 2),
-          ("i8", torch.arange(5, dtype=torch.int8) - 2),
-          ("u8", torch.arange(250, 256, dtype=torch.uint8)),
-          ("bool", torch.tensor([True, False, True])),
-          ("scalar", torch.tensor(42)),
-          ("empty", torch.zeros(0, 3)),
-          # Views sharing one storage: offsets and strides must be honoured.
-          ("transposed", base.t()),
-          ("row", base[2]),
-          ("column", base[1:, 3]),
-          ("strided", base[::2, ::3]),
-          ("conv", torch.randn(8, 3, 7, 7, generator=g)),
-      ]),
-      "param": torch.nn.Parameter(torch.ones(2, 2)),
+    "epoch": 7,
+    "name": "run",
+    "floats": [0.5, float("inf")],
+    "flags": (True, None),
+    "blob": b"\x00\xffbytes",
+    "groups": {1, 2},
+    "state": collections.OrderedDict(
+      [
+        ("f32", base),
+        ("f64", torch.randn(3, generator=g, dtype=torch.float64)),
+        ("f16", torch.randn(4, 2, generator=g).half()),
+        ("bf16", torch.randn(3, 3, generator=g).bfloat16()),
+        ("i64", torch.arange(-3, 9).reshape(3, 4)),
+        ("i32", torch.arange(5, dtype=torch.int32)),
+        ("i16", torch.arange(5, dtype=torch.int16) - 2),
+        ("i8", torch.arange(5, dtype=torch.int8) - 2),
+        ("u8", torch.arange(250, 256, dtype=torch.uint8)),
+        ("bool", torch.tensor([True, False, True])),
+        ("scalar", torch.tensor(42)),
+        ("empty", torch.zeros(0, 3)),
+        # Views sharing one storage: offsets and strides must be honoured.
+        ("transposed", base.t()),
+        ("row", base[2]),
+        ("column", base[1:, 3]),
+        ("strided", base[::2, ::3]),
+        ("conv", torch.randn(8, 3, 7, 7, generator=g)),
+      ]
+    ),
+    "param": torch.nn.Parameter(torch.ones(2, 2)),
   }
 
 
@@ -174,7 +176,7 @@ def test_truncated_files(tmp_path, legacy):
   data = path.read_bytes()
   for fraction in (0.05, 0.5, 0.99):
     cut = tmp_path / f"cut{fraction}.pt"
-    cut.write_bytes(data[:int(len(data) * fraction)])
+    cut.write_bytes(data[: int(len(data) * fraction)])
     with pytest.raises(TorchCheckpointError, match="truncated") as error:
       load_torch_checkpoint(cut)
     assert str(error.value).startswith(f"{cut}: ")
@@ -182,10 +184,10 @@ def test_truncated_files(tmp_path, legacy):
 
 def test_not_checkpoints(tmp_path):
   cases = {
-      "empty.pt": b"",
-      "text.pt": b"just some text\n",
-      "plain.pkl": pickle.dumps([1, 2, 3], protocol=2),
-      "random.bin": np.random.default_rng(0).bytes(1000),
+    "empty.pt": b"",
+    "text.pt": b"just some text\n",
+    "plain.pkl": pickle.dumps([1, 2, 3], protocol=2),
+    "random.bin": np.random.default_rng(0).bytes(1000),
   }
   for name, data in cases.items():
     (tmp_path / name).write_bytes(data)
@@ -238,8 +240,16 @@ def _unicode(text):
 
 def test_pickle_cannot_rewrite_a_storage(tmp_path):
   # Hand-assembled: a storage, then BUILD with {"numel": 100} to defeat the bounds checks.
-  data = (b"\x80\x02(" + _unicode("storage") + b"ctorch\nFloatStorage\n" + _unicode("0") + _unicode("cpu")
-          + b"K\x04tQ}" + _unicode("numel") + b"K\x64sb.")
+  data = (
+    b"\x80\x02("
+    + _unicode("storage")
+    + b"ctorch\nFloatStorage\n"
+    + _unicode("0")
+    + _unicode("cpu")
+    + b"K\x04tQ}"
+    + _unicode("numel")
+    + b"K\x64sb."
+  )
   path = tmp_path / "build.pt"
   with zipfile.ZipFile(path, "w") as z:
     z.writestr("build/data.pkl", data)

@@ -1,11 +1,11 @@
 """Host-side audio: decode any file to 16 kHz mono int16, and cut it to a 10 s clip.
 
-The original converts every file with `ffmpeg -acodec pcm_s16le -ac 1 -ar 16000` and then
-tiles the waveform to 10 s (SPEC section 1). Here, 16 kHz mono 16-bit wav/flac files are read
-as they are with soundfile (bit-exact); everything else (other rates, stereo, mp4, mkv, webm,
-m4a, ...) goes through PyAV, whose resampler is the same libswresample with the same default
-settings that the ffmpeg command line inserts for `-ac 1 -ar 16000`. Results then match the
-original's conversion up to differences between FFmpeg versions and decoders.
+The original converts every file with `ffmpeg -acodec pcm_s16le -ac 1 -ar 16000` and then tiles
+the waveform to 10 s (docs/original_pipeline.md#front-end). Here, 16 kHz mono 16-bit wav/flac
+files are read as they are with soundfile (bit-exact); everything else (other rates, stereo,
+mp4, mkv, webm, m4a, ...) goes through PyAV, whose resampler is the same libswresample with the
+same default settings that the ffmpeg command line inserts for `-ac 1 -ar 16000`. Results then
+match the original's conversion up to differences between FFmpeg versions and decoders.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _decode_with_pyav(path: Path) -> np.ndarray:
 
 
 def to_clip(samples: np.ndarray, num_samples: int = CLIP_SAMPLES) -> np.ndarray:
-  """Repeats the waveform end to end and cuts it to `num_samples` (SPEC section 1).
+  """Repeats the waveform end to end and cuts it to `num_samples` (docs/original_pipeline.md#front-end).
 
   For clips of at least a tenth of `num_samples` this is the original's
   `tile(samples, 10)[:160000]`. Shorter clips (under 1 s), which the original leaves short,

@@ -1,12 +1,17 @@
 """Evaluation over the device mesh, and the files it leaves in WORKDIR/eval/<split>/.
 
+`evaluate` is what `vggsound-evaluate` runs: the model of a run's checkpoint (no optimizer
+state is read) or of a model directory, over every split of `config.eval.splits`. The
+training loop calls `evaluate_splits` with the model it holds.
+
 The eval loader pads its last batch and marks real examples with `mask`; predictions are
 kept only where the mask is set, and every example index must appear exactly once.
 
 Files written per split:
 - `predictions.npz`: `index` (position in the split), `clip_id` (when the data has them),
   `probs` (N, C) float32 softmax probabilities, `labels` (N,);
-- `metrics.json`: mAP, mAUC, d_prime, top1, top5, num_clips, classes_left_out (SPEC section 5),
+- `metrics.json`: mAP, mAUC, d_prime, top1, top5, num_clips, classes_left_out
+  (docs/original_pipeline.md#metrics),
   strict JSON: a value that is not finite (d' of a perfect mAUC is +inf) is written as null;
 - `per_class.csv`: class, ap, auc, count; `per_class_ap.png`: the per-class APs, sorted;
 - optionally `clips/<clip_id>.npy`, one (C,) probability vector per clip, the layout the
@@ -18,39 +23,45 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from vggsound_jax import checkpoints, input_pipeline
 from vggsound_jax import metrics as metrics_lib
 from vggsound_jax import sharding as sharding_lib
 from vggsound_jax.inference import forward
+from vggsound_jax.model_dir import load_model
+from vggsound_jax.models import ModelConfig, ModelState, graphdefs, merge_model, split_model
 
 # Batch entries that go to the device; anything else (e.g. clip_id strings) stays on the host.
 _DEVICE_KEYS = ("audio", "label", "mask", "index")
 
 
-def make_eval_step(graphdef, mesh) -> Callable:
-  """The jitted `eval_step(model_states, batch) -> {probs, label, mask, index}`.
+def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable:
+  """The jitted `eval_step(model_state, batch) -> {probs, label, mask, index}`.
 
-  `model_states` is a tuple of nnx States that `nnx.merge(graphdef, *model_states)` turns
-  into the model in eval mode. Outputs are replicated, so every process sees all of them.
+  `graphdef` is the model's eval-mode structure, `model_state` its `ModelState`. Outputs are
+  replicated, so every process sees all of them.
   """
 
-  def eval_step(model_states, batch):
-    probs, _ = forward(nnx.merge(graphdef, *model_states), batch["audio"])
+  def eval_step(model_state: ModelState, batch: dict) -> dict:
+    probs, _ = forward(merge_model(graphdef, model_state), batch["audio"])
     return {"probs": probs, "label": batch["label"], "mask": batch["mask"], "index": batch["index"]}
 
   replicated = sharding_lib.replicated(mesh)
-  return jax.jit(eval_step, in_shardings=(replicated, sharding_lib.batch_sharding(mesh)),
-                 out_shardings=replicated)
+  return jax.jit(eval_step, in_shardings=(replicated, sharding_lib.batch_sharding(mesh)), out_shardings=replicated)
 
 
-def predict(eval_step: Callable, model_states: tuple, batches: Iterable[dict], mesh, *,
-            description: str = "eval") -> dict:
+def predict(
+  eval_step: Callable, model_state: ModelState, batches: Iterable[dict], mesh: Mesh, *, description: str = "eval"
+) -> dict:
   """Runs the eval step over all batches; returns unpadded `probs`, `labels`, `index`.
 
   Rows come back sorted by example index; `clip_id` is included when the batches carry it.
@@ -58,11 +69,11 @@ def predict(eval_step: Callable, model_states: tuple, batches: Iterable[dict], m
   import tqdm
 
   probs, labels, indices, clip_ids = [], [], [], []
-  for batch in tqdm.tqdm(batches, desc=description, unit="batch", leave=False,
-                         disable=not sharding_lib.is_main_process()):
+  for batch in tqdm.tqdm(
+    batches, desc=description, unit="batch", leave=False, disable=not sharding_lib.is_main_process()
+  ):
     local_mask = np.asarray(batch["mask"], bool)
-    out = eval_step(model_states, sharding_lib.shard_batch(
-        {k: batch[k] for k in _DEVICE_KEYS}, mesh))
+    out = eval_step(model_state, sharding_lib.shard_batch({k: batch[k] for k in _DEVICE_KEYS}, mesh))
     mask = np.asarray(out["mask"], bool)
     probs.append(np.asarray(out["probs"], np.float32)[mask])
     labels.append(np.asarray(out["label"])[mask])
@@ -76,16 +87,15 @@ def predict(eval_step: Callable, model_states: tuple, batches: Iterable[dict], m
   if (counts > 1).any():
     raise ValueError(f"examples counted more than once: indices {unique[counts > 1][:10].tolist()}")
   order = np.argsort(index, kind="stable")
-  result = {"probs": np.concatenate(probs)[order], "labels": np.concatenate(labels)[order],
-            "index": index[order]}
+  result = {"probs": np.concatenate(probs)[order], "labels": np.concatenate(labels)[order], "index": index[order]}
   if clip_ids:
     result["clip_id"] = np.asarray(clip_ids)[order]
   return result
 
 
 def compute_split_metrics(predictions: dict) -> dict:
-  return metrics_lib.scalar_metrics(
-      metrics_lib.compute_metrics(predictions["probs"], predictions["labels"]))
+  """The scalar metrics of one split's predictions."""
+  return metrics_lib.scalar_metrics(metrics_lib.compute_metrics(predictions["probs"], predictions["labels"]))
 
 
 def clip_ids_from_source(source: Sequence[dict], indices: np.ndarray) -> np.ndarray | None:
@@ -96,8 +106,14 @@ def clip_ids_from_source(source: Sequence[dict], indices: np.ndarray) -> np.ndar
   return np.asarray([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
 
 
-def write_results(out_dir: str | os.PathLike, predictions: dict, class_names: Sequence[str], *,
-                  source: Sequence[dict] | None = None, export_clip_npy: bool = False) -> dict:
+def write_results(
+  out_dir: str | os.PathLike,
+  predictions: dict,
+  class_names: Sequence[str],
+  *,
+  source: Sequence[dict] | None = None,
+  export_clip_npy: bool = False,
+) -> dict:
   """Writes predictions, metrics and per-class results; returns the scalar metrics."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,12 +127,16 @@ def write_results(out_dir: str | os.PathLike, predictions: dict, class_names: Se
   full = metrics_lib.compute_metrics(probs, labels)
   scalars = metrics_lib.scalar_metrics(full)
 
-  arrays = {"index": predictions["index"], "probs": probs, "labels": labels,
-            "class_names": np.asarray(class_names, dtype=str)}
+  arrays = {
+    "index": predictions["index"],
+    "probs": probs,
+    "labels": labels,
+    "class_names": np.asarray(class_names, dtype=str),
+  }
   if clip_ids is not None:
     arrays["clip_id"] = np.asarray(clip_ids, dtype=str)
   np.savez(out_dir / "predictions.npz", **arrays)
-  (out_dir / "metrics.json").write_text(json.dumps(_strict_json(scalars), indent=2) + "\n")
+  (out_dir / "metrics.json").write_text(json.dumps(metrics_lib.strict_json(scalars), indent=2) + "\n")
   with open(out_dir / "per_class.csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["class", "ap", "auc", "count"])
@@ -134,19 +154,14 @@ def write_results(out_dir: str | os.PathLike, predictions: dict, class_names: Se
   return scalars
 
 
-def _strict_json(values: dict) -> dict:
-  """NaN and infinity (d' of a perfect mAUC is +inf) become null, which strict JSON allows."""
-  return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}
-
-
 def _fmt(x: float) -> str:
   return "" if not np.isfinite(x) else f"{x:.6f}"
 
 
-def plot_per_class_ap(path: str | os.PathLike, class_names: Sequence[str], ap: np.ndarray,
-                      m_ap: float) -> None:
+def plot_per_class_ap(path: str | os.PathLike, class_names: Sequence[str], ap: np.ndarray, m_ap: float) -> None:
   """Bar chart of the per-class APs, best first; classes with no positives are left out."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -168,3 +183,87 @@ def plot_per_class_ap(path: str | os.PathLike, class_names: Sequence[str], ap: n
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def evaluate_splits(
+  config: ml_collections.ConfigDict,
+  data: input_pipeline.Data,
+  graphdef: nnx.GraphDef,
+  model_state: ModelState,
+  mesh: Mesh,
+  workdir: str | os.PathLike,
+  *,
+  write_files: bool,
+  writer: Any = None,
+  step: int = 0,
+) -> dict[str, dict]:
+  """Every split of `data.eval`: {split: scalar metrics}; files in WORKDIR/eval/<split>/ too
+  with `write_files`, and TensorBoard scalars when given a `writer`."""
+  eval_step = make_eval_step(graphdef, mesh)
+  results = {}
+  for split, source in data.eval.items():
+    predictions = predict(
+      eval_step, model_state, input_pipeline.eval_batches(config, source), mesh, description=f"eval {split}"
+    )
+    if write_files and sharding_lib.is_main_process():
+      metrics = write_results(
+        Path(workdir) / "eval" / split,
+        predictions,
+        data.class_names,
+        source=source,
+        export_clip_npy=config.eval.export_clip_npy,
+      )
+    else:
+      metrics = compute_split_metrics(predictions)
+    results[split] = metrics
+    if writer:
+      for key, value in metrics.items():
+        if np.isfinite(value):
+          writer.add_scalar(f"eval_{split}/{key}", value, step)
+      writer.flush()
+  return results
+
+
+def evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  *,
+  checkpoint: str | os.PathLike | None = None,
+  step: int | None = None,
+  data: input_pipeline.Data | None = None,
+) -> dict[str, dict]:
+  """Evaluates a model directory (`checkpoint`) or a run's checkpoint (latest, or `step`).
+
+  Writes WORKDIR/eval/<split>/ and returns {split: scalar metrics}.
+  """
+  data = data or input_pipeline.load_data(config, train=False)
+  mesh = sharding_lib.make_mesh()
+  if checkpoint is not None:
+    model, metadata = load_model(checkpoint, dtype=config.model.dtype)
+    if tuple(metadata["class_names"]) != tuple(data.class_names):
+      raise ValueError(
+        f"{checkpoint}: the model's {len(metadata['class_names'])} classes are not the data's "
+        f"{len(data.class_names)} classes (data config {config.data.config!r})"
+      )
+    graphdef, model_state = split_model(model)  # load_model returns it in eval mode
+  else:
+    model_cfg = ModelConfig.from_config(config.model, len(data.class_names))
+    manager = checkpoints.checkpoint_manager(workdir, read_only=True)
+    model_state = checkpoints.restore_model_state(manager, model_cfg, mesh, step=step)
+    graphdef = graphdefs(model_cfg).eval
+  model_state = jax.device_put(model_state, sharding_lib.replicated(mesh))
+  return evaluate_splits(config, data, graphdef, model_state, mesh, workdir, write_files=True)
+
+
+def format_results(split: str, metrics: dict, reported: ml_collections.ConfigDict | None = None) -> str:
+  """The printed summary of one split: strict JSON, then the paper's figures beside ours."""
+  lines = [f"{split}: {json.dumps(metrics_lib.strict_json(metrics))}"]
+  if reported:
+    row = reported.get("row", "")
+    for key in ("mAP", "mAUC", "d_prime"):
+      if key in reported:
+        lines.append(f"  {key:8s} measured {metrics[key]:.3f}   paper (row {row}) {reported[key]:.3f}")
+  return "\n".join(lines)

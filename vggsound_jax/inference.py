@@ -8,9 +8,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from vggsound_jax.models import ResNet
+from vggsound_jax.models import ResNet, merge_model, split_model
 from vggsound_jax.spectrogram import log_spectrogram
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vggsound_jax" / "jax"
@@ -38,12 +37,11 @@ class Classifier:
   Batches are padded to `batch_size`, so every call reuses the same compiled program.
   """
 
-  def __init__(self, model: ResNet, batch_size: int):
+  def __init__(self, model: ResNet, batch_size: int) -> None:
     model.eval()
     self.batch_size = batch_size
-    graphdef, state = nnx.split(model)
-    self._state = state
-    self._forward = jax.jit(lambda state, audio: forward(nnx.merge(graphdef, state), audio))
+    graphdef, self._state = split_model(model)
+    self._forward = jax.jit(lambda state, audio: forward(merge_model(graphdef, state), audio))
 
   def __call__(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, T) int16 with n <= batch_size -> (probs (n, C), embeddings (n, D)) as numpy."""

@@ -1,8 +1,8 @@
 """The 309 VGGSound class names, in the model's output order.
 
 The original sorts the names it reads from its stat.csv with Python's default `sorted`, so
-output index i is the i-th name in that order (SPEC section 4). Names are kept verbatim,
-typos included. Source and licence: data/NOTICE.
+output index i is the i-th name in that order (docs/original_pipeline.md#labels-and-class-order).
+Names are kept verbatim, typos included. Source and licence: data/NOTICE.
 """
 
 from __future__ import annotations

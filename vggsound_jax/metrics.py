@@ -1,4 +1,4 @@
-"""The README table's metrics: mAP, mAUC and d-prime (SPEC section 5), plus top-1/top-5.
+"""The paper's metrics: mAP, mAUC and d-prime (docs/original_pipeline.md#metrics), plus top-1/top-5.
 
 Per-class AP and AUC are sklearn's `average_precision_score` and `roc_auc_score`, the
 definition the original used; d' = sqrt(2) * Phi^-1(mAUC), of the *mean* AUC. A class with no
@@ -27,7 +27,7 @@ def targets_from_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
   raise ValueError(f"labels must be int (N,) or multi-hot (N, {num_classes}), got shape {labels.shape}")
 
 
-def compute_metrics(probs, labels) -> dict:
+def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
   """Metrics of probabilities (N, C) against int labels (N,) or multi-hot targets (N, C).
 
   Returns the scalars of SCALAR_KEYS and per-class arrays `ap`, `auc` (NaN where left out)
@@ -58,24 +58,33 @@ def compute_metrics(probs, labels) -> dict:
 
   # Ties are broken by class index, as a stable argsort of -p does.
   order = np.argsort(-probs, axis=1, kind="stable")
-  def top_k(k):
-    hits = np.take_along_axis(targets, order[:, :min(k, c)], axis=1).any(axis=1)
+
+  def top_k(k: int) -> float:
+    hits = np.take_along_axis(targets, order[:, : min(k, c)], axis=1).any(axis=1)
     return float(hits.mean()) if n else float("nan")
 
   return {
-      "mAP": m_ap,
-      "mAUC": m_auc,
-      "d_prime": d_prime,
-      "top1": top_k(1),
-      "top5": top_k(5),
-      "num_clips": int(n),
-      "classes_left_out": int(c - kept.sum()),
-      "ap": ap,
-      "auc": auc,
-      "count": count,
+    "mAP": m_ap,
+    "mAUC": m_auc,
+    "d_prime": d_prime,
+    "top1": top_k(1),
+    "top5": top_k(5),
+    "num_clips": int(n),
+    "classes_left_out": int(c - kept.sum()),
+    "ap": ap,
+    "auc": auc,
+    "count": count,
   }
 
 
 def scalar_metrics(metrics: dict) -> dict:
-  """The JSON-friendly part of compute_metrics' result."""
+  """The scalar part of compute_metrics' result."""
   return {k: metrics[k] for k in SCALAR_KEYS}
+
+
+def strict_json(values: dict) -> dict:
+  """NaN and infinity (d' of a perfect mAUC is +inf) become None: null in strict JSON.
+
+  The one representation of scalar metrics wherever they are written or printed.
+  """
+  return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}

@@ -17,6 +17,7 @@ Launching:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -35,11 +36,12 @@ def initialize_distributed(force: bool = False) -> None:
     jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A one-axis (`data`) mesh over `devices`, by default every device of every process."""
+  devices = jax.devices() if devices is None else list(devices)
   # Auto axes: inside jit the compiler propagates the batch sharding through the model and
   # inserts the collectives (explicit axes would make every gather spell out its sharding).
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -54,18 +56,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def local_batch_size(global_batch_size: int) -> int:
   """This process's share of the global batch; the global batch must split evenly."""
   if global_batch_size % jax.device_count():
-    raise ValueError(
-        f"global batch size {global_batch_size} is not a multiple of the {jax.device_count()} devices")
+    raise ValueError(f"global batch size {global_batch_size} is not a multiple of the {jax.device_count()} devices")
   return global_batch_size // jax.process_count()
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """This process's local batch (numpy) -> global jax.Arrays sharded over the data axis."""
   sharding = batch_sharding(mesh)
-  return {
-      key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-      for key, value in batch.items()
-  }
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in batch.items()}
 
 
 def is_main_process() -> bool:

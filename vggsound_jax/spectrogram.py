@@ -2,7 +2,7 @@
 
 It reproduces, under jit, what the original computes per clip with
 `scipy.signal.spectrogram(x, fs=16000, nperseg=512, noverlap=353)` followed by
-`log(S + 1e-7)` and per-clip standardisation (SPEC section 1).
+`log(S + 1e-7)` and per-clip standardisation (docs/original_pipeline.md#front-end).
 """
 
 from __future__ import annotations

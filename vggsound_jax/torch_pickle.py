@@ -4,7 +4,7 @@
 uses a restricted unpickler that resolves only the few globals that rebuild tensors, storages
 and plain containers, mapped to numpy; any other global is refused before anything of it runs.
 
-Both serialisation formats are read (SPEC section 3):
+Both serialisation formats are read (docs/original_pipeline.md#released-checkpoints):
 
 - legacy (PyTorch < 1.6, the released files): one stream of five pickles (magic number,
   protocol version, system info, the object with persistent storage ids, the sorted list of
@@ -24,7 +24,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import ml_dtypes
 import numpy as np
@@ -39,19 +39,19 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 # torch.<Name>Storage -> element dtype (little-endian on disk unless `byteorder` says otherwise).
 STORAGE_DTYPES = {
-    "DoubleStorage": np.dtype(np.float64),
-    "FloatStorage": np.dtype(np.float32),
-    "HalfStorage": np.dtype(np.float16),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype(np.int64),
-    "IntStorage": np.dtype(np.int32),
-    "ShortStorage": np.dtype(np.int16),
-    "CharStorage": np.dtype(np.int8),
-    "ByteStorage": np.dtype(np.uint8),
-    "BoolStorage": np.dtype(np.bool_),
-    "ComplexFloatStorage": np.dtype(np.complex64),
-    "ComplexDoubleStorage": np.dtype(np.complex128),
-    "UntypedStorage": np.dtype(np.uint8),
+  "DoubleStorage": np.dtype(np.float64),
+  "FloatStorage": np.dtype(np.float32),
+  "HalfStorage": np.dtype(np.float16),
+  "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+  "LongStorage": np.dtype(np.int64),
+  "IntStorage": np.dtype(np.int32),
+  "ShortStorage": np.dtype(np.int16),
+  "CharStorage": np.dtype(np.int8),
+  "ByteStorage": np.dtype(np.uint8),
+  "BoolStorage": np.dtype(np.bool_),
+  "ComplexFloatStorage": np.dtype(np.complex64),
+  "ComplexDoubleStorage": np.dtype(np.complex128),
+  "UntypedStorage": np.dtype(np.uint8),
 }
 
 
@@ -66,14 +66,14 @@ class _Problem(Exception):
 class _Inert:
   """Base of the reader's own placeholders: a pickle may not overwrite their fields (BUILD)."""
 
-  def __setstate__(self, state):
+  def __setstate__(self, state: object) -> NoReturn:
     raise _Problem(f"refused to set the state of a {type(self).__name__.lstrip('_')}")
 
 
 class _StorageType(_Inert):
   """Stands for a `torch.<Name>Storage` class: only its element dtype matters here."""
 
-  def __init__(self, name: str):
+  def __init__(self, name: str) -> None:
     self.name = name
     self.dtype = STORAGE_DTYPES[name]
 
@@ -81,7 +81,7 @@ class _StorageType(_Inert):
 class _Storage(_Inert):
   """A storage named by a persistent id; its bytes are attached once they have been read."""
 
-  def __init__(self, key: str, dtype: np.dtype, numel: int):
+  def __init__(self, key: str, dtype: np.dtype, numel: int) -> None:
     self.key = key
     self.dtype = dtype
     self.numel = numel
@@ -92,7 +92,7 @@ class _Storage(_Inert):
   def array(self) -> np.ndarray:
     if self.view_of is not None:
       root, offset = self.view_of
-      return root.array()[offset:offset + self.numel]
+      return root.array()[offset : offset + self.numel]
     if self.data is None:
       raise _Problem(f"storage {self.key} is referenced but not stored")
     return self.data
@@ -101,7 +101,7 @@ class _Storage(_Inert):
 class _LazyTensor(_Inert):
   """A tensor whose storage bytes may not have been read yet (legacy files store them last)."""
 
-  def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]):
+  def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
     self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
   def materialize(self) -> np.ndarray:
@@ -115,17 +115,20 @@ class _LazyTensor(_Inert):
       raise _Problem(f"malformed tensor: overruns its storage of {data.size} elements")
     itemsize = data.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        data[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride], writeable=False)
+      data[self.offset :], shape=self.size, strides=[s * itemsize for s in self.stride], writeable=False
+    )
     return np.array(view, order="C")  # a C-contiguous copy that owns its memory
 
 
-def _int(value, what):
+def _int(value: object, what: str) -> int:
   if not isinstance(value, int) or isinstance(value, bool) or value < 0:
     raise _Problem(f"malformed tensor: {what} {value!r}")
   return value
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _LazyTensor:
+def _rebuild_tensor(
+  storage: object, storage_offset: object, size: object, stride: object, *unused: object
+) -> _LazyTensor:
   """torch._utils._rebuild_tensor(_v2): checks the view lies inside its storage."""
   del unused  # requires_grad, backward hooks, metadata: meaningless for numpy
   if not isinstance(storage, _Storage):
@@ -138,12 +141,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _LazyTens
   if 0 not in size:
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.numel:
-      raise _Problem(f"malformed tensor: size {size} stride {stride} offset {offset} overruns "
-                     f"its storage of {storage.numel} elements")
+      raise _Problem(
+        f"malformed tensor: size {size} stride {stride} offset {offset} overruns "
+        f"its storage of {storage.numel} elements"
+      )
   return _LazyTensor(storage, offset, size, stride)
 
 
-def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
+def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: object, *unused: object) -> _LazyTensor:
   """torch._utils._rebuild_parameter(_with_state): a Parameter is just its tensor here."""
   del requires_grad, backward_hooks, unused
   if not isinstance(data, _LazyTensor):
@@ -154,11 +159,11 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
 class _TensorType(_Inert):
   """Stands for the class `torch.Tensor` or `torch.nn.Parameter` (rebuilt as numpy anyway)."""
 
-  def __init__(self, name):
+  def __init__(self, name: str) -> None:
     self.name = name
 
 
-def _rebuild_from_type_v2(func, new_type, args, state):
+def _rebuild_from_type_v2(func: object, new_type: object, args: tuple, state: object) -> _LazyTensor:
   """torch._tensor._rebuild_from_type_v2, for plain tensors and parameters without state."""
   if func not in (_rebuild_tensor, _rebuild_parameter) or not isinstance(new_type, _TensorType):
     raise _Problem("malformed tensor: unsupported _rebuild_from_type_v2 arguments")
@@ -167,7 +172,7 @@ def _rebuild_from_type_v2(func, new_type, args, state):
   return func(*args)
 
 
-def _codecs_encode(text, encoding="utf-8"):
+def _codecs_encode(text: object, encoding: str = "utf-8") -> bytes:
   """How protocol-2 pickles store bytes: `_codecs.encode(str, 'latin1')`."""
   if not isinstance(text, str) or encoding != "latin1":
     raise _Problem(f"refused _codecs.encode with encoding {encoding!r}")
@@ -175,29 +180,29 @@ def _codecs_encode(text, encoding="utf-8"):
 
 
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("_codecs", "encode"): _codecs_encode,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch", "Tensor"): _TensorType("torch.Tensor"),
-    ("torch.nn.parameter", "Parameter"): _TensorType("torch.nn.parameter.Parameter"),
-    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("builtins", "set"): set,
+  ("builtins", "frozenset"): frozenset,
+  ("_codecs", "encode"): _codecs_encode,
+  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+  ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+  ("torch", "Tensor"): _TensorType("torch.Tensor"),
+  ("torch.nn.parameter", "Parameter"): _TensorType("torch.nn.parameter.Parameter"),
+  **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
   """Resolves only `_ALLOWED_GLOBALS`; storages come back as `_Storage` placeholders."""
 
-  def __init__(self, file, storages: dict[str, _Storage]):
+  def __init__(self, file: IO[bytes], storages: dict[str, _Storage]) -> None:
     super().__init__(file, encoding="utf-8")
     self._storages = storages
 
-  def find_class(self, module, name):
+  def find_class(self, module: str, name: str) -> Any:
     # Protocol-2 pickles name Python 2 modules (`__builtin__`); map them as pickle itself does.
     if (module, name) in _compat_pickle.NAME_MAPPING:
       module, name = _compat_pickle.NAME_MAPPING[(module, name)]
@@ -206,10 +211,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
     try:
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
-      raise _Problem(f"refused to load global '{module}.{name}': the checkpoint may only hold "
-                     "tensors and plain containers (it could run code)") from None
+      raise _Problem(
+        f"refused to load global '{module}.{name}': the checkpoint may only hold "
+        "tensors and plain containers (it could run code)"
+      ) from None
 
-  def persistent_load(self, pid):
+  def persistent_load(self, pid: object) -> _Storage:
     if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
       kind = pid[0] if isinstance(pid, tuple) and pid else type(pid).__name__
       raise _Problem(f"refused persistent object of kind {kind!r}: only storages are allowed")
@@ -261,7 +268,7 @@ def _read_zip(archive: zipfile.ZipFile) -> Any:
   pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
   if len(pickles) != 1:
     raise _Problem("zip file without exactly one '<archive>/data.pkl': not a PyTorch checkpoint")
-  prefix = pickles[0][:-len("data.pkl")]
+  prefix = pickles[0][: -len("data.pkl")]
   byteorder = "little"
   if prefix + "byteorder" in archive.namelist():
     byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
@@ -283,7 +290,7 @@ def _read_zip(archive: zipfile.ZipFile) -> Any:
   return obj
 
 
-def _read_legacy(f) -> Any:
+def _read_legacy(f: IO[bytes]) -> Any:
   storages: dict[str, _Storage] = {}
 
   def load():
@@ -355,6 +362,17 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     raise TorchCheckpointError(path, f"cannot read: {e.strerror or e}") from None
   except EOFError:
     raise TorchCheckpointError(path, "truncated: the pickle ends early") from None
-  except (pickle.UnpicklingError, zipfile.BadZipFile, ValueError, TypeError, AttributeError,
-          IndexError, KeyError, struct.error, UnicodeDecodeError, MemoryError, RecursionError) as e:
+  except (
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    struct.error,
+    UnicodeDecodeError,
+    MemoryError,
+    RecursionError,
+  ) as e:
     raise TorchCheckpointError(path, f"corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None

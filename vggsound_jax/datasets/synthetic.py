@@ -13,7 +13,7 @@ Everything is deterministic for a seed: clip `i` of a split depends only on
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def _click_train(rng: np.random.Generator, n: int) -> np.ndarray:
   period = int(SAMPLE_RATE / rng.uniform(5.0, 15.0))
   click = rng.choice([-1.0, 1.0]) * np.array([0.5, 1.0, -0.7, 0.3])
   for start in range(int(rng.integers(period)), n - len(click), period):
-    out[start:start + len(click)] += click
+    out[start : start + len(click)] += click
   return out
 
 
@@ -118,14 +118,14 @@ class SoundClass:
 
 
 SOUND_CLASSES = (
-    SoundClass("pure tone", _pure_tone),
-    SoundClass("chirp", _chirp),
-    SoundClass("noise bursts", _noise_bursts),
-    SoundClass("click train", _click_train),
-    SoundClass("am tone", _am_tone),
-    SoundClass("harmonic stack", _harmonic_stack),
-    SoundClass("vibrato", _vibrato),
-    SoundClass("noise band", _noise_band),
+  SoundClass("pure tone", _pure_tone),
+  SoundClass("chirp", _chirp),
+  SoundClass("noise bursts", _noise_bursts),
+  SoundClass("click train", _click_train),
+  SoundClass("am tone", _am_tone),
+  SoundClass("harmonic stack", _harmonic_stack),
+  SoundClass("vibrato", _vibrato),
+  SoundClass("noise band", _noise_band),
 )
 # Model order = sorted, as for the real labels.
 CLASS_NAMES = tuple(sorted(c.name for c in SOUND_CLASSES))
@@ -159,7 +159,7 @@ class SyntheticClip:
 
 
 def generate_split(
-    split: str, *, seed: int = DEFAULT_SEED, clips_per_class: int | None = None
+  split: str, *, seed: int = DEFAULT_SEED, clips_per_class: int | None = None
 ) -> Iterator[SyntheticClip]:
   """Yields the clips of a split, classes interleaved (clip i has label i % num_classes)."""
   if split not in SPLIT_IDS:

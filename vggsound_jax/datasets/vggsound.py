@@ -2,7 +2,8 @@
 
 Configs:
   full       (default) every clip of the user's `vggsound.csv` that has a file in manual_dir;
-             309-class label in model order (`vggsound_jax.labels`).
+             309-class label in model order (`vggsound_jax.labels`,
+             docs/original_pipeline.md#labels-and-class-order).
   common     the same, restricted to the classes listed in manual_dir's `Common.txt` (the
              classes VGGSound shares with AudioSet); same 309-name label, so model indices
              do not change.
@@ -10,14 +11,21 @@ Configs:
 
 Splits: `train` and `test` from the csv's split column; `astest`, the test clips listed in
 the original repository's `AStest.csv`, when that file is in manual_dir (full and common).
+What manual_dir holds: docs/original_pipeline.md#the-data-set-as-users-have-it.
 
 Build with `python scripts/build_dataset.py --manual_dir DIR --data_dir DIR`, or with
 `tfds build vggsound --imports vggsound_jax.datasets --manual_dir DIR --data_dir DIR`.
 
 Every clip that cannot be used (no file, undecodable, empty) is skipped, counted and listed
-with its reason in `build_report.json` next to the TFDS files, and in the summary logged at
+with its reason in `build_report.json` next to the TFDS files, and in the summary shown at
 the end of the build. Problems in the lists themselves (a malformed row, an unknown label)
 stop the build before any decoding, with the file and line number.
+
+A build is a chain of functions of their inputs: `plan_build` reads and checks the lists and
+matches clips to files (no decoding); `generate_manual_examples` / `generate_synthetic_examples`
+yield one split's examples and record what they write and skip in the `BuildReport` they are
+given; `Vggsound.download_and_prepare` makes that report for its call, writes it and returns
+it, and `build` returns it to its caller.
 """
 
 from __future__ import annotations
@@ -28,12 +36,13 @@ import json
 import multiprocessing
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from tqdm import tqdm
 
 from vggsound_jax import audio as audio_lib
@@ -88,7 +97,7 @@ Clips listed but not found are skipped and listed in {REPORT_NAME}.
 class ClipListError(ValueError):
   """A malformed line in one of the lists in manual_dir: 'FILE:LINE: reason'."""
 
-  def __init__(self, path: str | os.PathLike, line: int, reason: str):
+  def __init__(self, path: str | os.PathLike, line: int, reason: str) -> None:
     super().__init__(f"{path}:{line}: {reason}")
 
 
@@ -138,8 +147,7 @@ def read_clip_list(path: str | os.PathLike, known_labels: Iterable[str]) -> Clip
       if not fields or all(not x.strip() for x in fields):
         continue  # Blank lines carry nothing.
       if len(fields) != 4:
-        raise ClipListError(path, line, f"expected 4 fields youtube_id,start_seconds,label,split,"
-                            f" got {len(fields)}")
+        raise ClipListError(path, line, f"expected 4 fields youtube_id,start_seconds,label,split, got {len(fields)}")
       youtube_id, start, label, split = (x.strip() for x in fields)
       if not youtube_id:
         raise ClipListError(path, line, "empty youtube_id")
@@ -157,9 +165,15 @@ def read_clip_list(path: str | os.PathLike, known_labels: Iterable[str]) -> Clip
         continue
       result.duplicate_rows += 1
       if (first.label, first.split) != (row.label, row.split):
-        result.conflicts.append({
-            "clip_id": row.clip_id, "kept_line": first.line, "dropped_line": line,
-            "kept": [first.label, first.split], "dropped": [row.label, row.split]})
+        result.conflicts.append(
+          {
+            "clip_id": row.clip_id,
+            "kept_line": first.line,
+            "dropped_line": line,
+            "kept": [first.label, first.split],
+            "dropped": [row.label, row.split],
+          }
+        )
   return result
 
 
@@ -217,9 +231,9 @@ def index_media_files(root: str | os.PathLike) -> dict[str, Path]:
 
 @dataclasses.dataclass
 class SplitReport:
-  rows: int = 0        # unique clips the csv lists for this split
-  found: int = 0       # of which a file was found
-  written: int = 0     # of which decoded and stored
+  rows: int = 0  # unique clips the csv lists for this split
+  found: int = 0  # of which a file was found
+  written: int = 0  # of which decoded and stored
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason kind -> count
 
 
@@ -247,7 +261,7 @@ class BuildReport:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_json(cls, data: dict) -> "BuildReport":
+  def from_json(cls, data: dict) -> BuildReport:
     data = dict(data)
     data["splits"] = {k: SplitReport(**v) for k, v in data["splits"].items()}
     return cls(**data)
@@ -257,21 +271,29 @@ class BuildReport:
     written = sum(s.written for s in self.splits.values())
     lines = [f"{NAME}/{self.config}: {written} clips written, {len(self.skipped)} skipped"]
     if self.csv_rows:
-      lines.append(f"  csv: {self.csv_rows} rows, {self.duplicate_rows} duplicates merged"
-                   f" ({len(self.conflicting_duplicates)} with a different label or split:"
-                   " first row kept)")
+      lines.append(
+        f"  csv: {self.csv_rows} rows, {self.duplicate_rows} duplicates merged"
+        f" ({len(self.conflicting_duplicates)} with a different label or split:"
+        " first row kept)"
+      )
     for name, s in self.splits.items():
       if not s.rows:
         continue  # the csv lists nothing for it
       why = ", ".join(f"{n} {kind}" for kind, n in sorted(s.skipped.items())) or "none"
-      lines.append(f"  {name}: {s.rows} listed, {s.found} files found, {s.written} written;"
-                   f" skipped: {why}")
+      lines.append(f"  {name}: {s.rows} listed, {s.found} files found, {s.written} written; skipped: {why}")
     return "\n".join(lines)
 
 
 def read_report(dataset_dir: str | os.PathLike) -> BuildReport:
+  """The report stored in a built dataset directory."""
   with open(Path(dataset_dir, REPORT_NAME), encoding="utf-8") as f:
     return BuildReport.from_json(json.load(f))
+
+
+def write_report(report: BuildReport, dataset_dir: str | os.PathLike) -> None:
+  """Stores `report` as build_report.json in a built dataset directory."""
+  with open(Path(dataset_dir, REPORT_NAME), "w", encoding="utf-8") as f:
+    json.dump(report.to_json(), f, indent=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,6 +333,171 @@ def _decode_all(paths: Sequence[str | None], num_workers: int, desc: str) -> Ite
 
 
 # ---------------------------------------------------------------------------------------
+# Planning a build from manual_dir: every list read and checked, every clip matched to its
+# file, before anything is decoded.
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+  """The clips the lists put in one split, in list order, and the file of each (None: none)."""
+
+  rows: list[ClipRow]
+  paths: list[Path | None]
+
+  @property
+  def found(self) -> int:
+    return sum(p is not None for p in self.paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+  """What a build of manual_dir will decode, and what the lists said on the way."""
+
+  manual_dir: Path
+  csv_rows: int  # rows of the csv, duplicates included
+  duplicate_rows: int  # of which repeat an earlier clip
+  conflicting_duplicates: list[dict]  # see ClipList.conflicts
+  astest_not_in_csv: int  # AStest.csv clips that the csv does not list
+  # Every split the lists define, in order: train, test, then astest if AStest.csv is there.
+  # A split may have no file at all (`found == 0`); TFDS cannot store it, so it is not built.
+  splits: dict[str, SplitPlan]
+
+  def buildable_splits(self) -> dict[str, SplitPlan]:
+    """The splits with at least one file, in order."""
+    return {name: split for name, split in self.splits.items() if split.found}
+
+
+def plan_build(manual_dir: str | os.PathLike, *, common_only: bool = False) -> BuildPlan:
+  """Reads and checks the lists of manual_dir and matches their clips to its files.
+
+  See docs/original_pipeline.md#the-data-set-as-users-have-it for the lists. `common_only`
+  keeps the clips of the classes in Common.txt (the `common` config).
+
+  Raises:
+    ManualDirError: no csv; no Common.txt when `common_only`; no clip with a file.
+    ClipListError: a malformed line in one of the lists (file and line number).
+  """
+  manual_dir = Path(manual_dir)
+  if not (manual_dir / CSV_NAME).is_file():
+    raise ManualDirError(f"{manual_dir}: no {CSV_NAME} (see the builder's instructions)")
+  names = labels.class_names()
+  clip_list = read_clip_list(manual_dir / CSV_NAME, names)
+  rows = clip_list.rows
+  if common_only:
+    if not (manual_dir / COMMON_NAME).is_file():
+      raise ManualDirError(f"{manual_dir}: the common config needs {COMMON_NAME}")
+    common = read_common(manual_dir / COMMON_NAME, names)
+    rows = [r for r in rows if r.label in common]
+  split_rows = {s: [r for r in rows if r.split == s] for s in CSV_SPLITS}
+  astest_not_in_csv = 0
+  if (manual_dir / ASTEST_NAME).is_file():
+    astest = read_astest(manual_dir / ASTEST_NAME)
+    astest_not_in_csv = len(astest - {r.clip_id for r in clip_list.rows})
+    split_rows[ASTEST_SPLIT] = [r for r in split_rows["test"] if r.clip_id in astest]
+
+  files = index_media_files(manual_dir)
+  plan = BuildPlan(
+    manual_dir=manual_dir,
+    csv_rows=len(clip_list.rows) + clip_list.duplicate_rows,
+    duplicate_rows=clip_list.duplicate_rows,
+    conflicting_duplicates=clip_list.conflicts,
+    astest_not_in_csv=astest_not_in_csv,
+    splits={split: SplitPlan(rows=r, paths=[files.get(row.clip_id) for row in r]) for split, r in split_rows.items()},
+  )
+  if not plan.buildable_splits():
+    raise ManualDirError(
+      f"{manual_dir}: none of the clips in {CSV_NAME} has a file"
+      f" (expected names like {rows[0].clip_id if rows else 'ID_000030'}"
+      f".{{{','.join(e[1:] for e in MEDIA_EXTENSIONS)}}})"
+    )
+  return plan
+
+
+def start_report(report: BuildReport, plan: BuildPlan) -> None:
+  """Records `plan` in the report of its build, before any decoding.
+
+  Fills the list-level fields, adds one SplitReport per split of the plan (the generators
+  then count what they write), and records as skipped the clips of the splits that are not
+  built for want of any file.
+  """
+  report.manual_dir = str(plan.manual_dir)
+  report.csv_rows = plan.csv_rows
+  report.duplicate_rows = plan.duplicate_rows
+  report.conflicting_duplicates = plan.conflicting_duplicates
+  report.astest_not_in_csv = plan.astest_not_in_csv
+  for split, split_plan in plan.splits.items():
+    report.splits[split] = SplitReport(rows=len(split_plan.rows), found=split_plan.found)
+    if not split_plan.found:
+      for row in split_plan.rows:
+        report.skip(split, row.clip_id, None, MISSING_FILE)
+
+
+# ---------------------------------------------------------------------------------------
+# Example generation: TFDS writes what these yield. Each records what it writes and skips in
+# the `report` it is given, whose `splits[split]` must exist (start_report makes them).
+
+Example = tuple[str, dict[str, Any]]
+
+
+def generate_manual_examples(
+  split: str, rows: Sequence[ClipRow], paths: Sequence[Path | None], *, report: BuildReport, num_workers: int = 1
+) -> Iterator[Example]:
+  """Decodes the clips of one split and yields `(clip_id, example)` for each usable one.
+
+  A clip without a file, or whose file cannot be decoded or is empty, is skipped and
+  recorded in `report` with its reason.
+
+  Raises:
+    ManualDirError: at the end, if not one of the split's files could be decoded.
+  """
+  split_report = report.splits[split]
+  str_paths = [None if p is None else str(p) for p in paths]
+  results = _decode_all(str_paths, num_workers, desc=f"{NAME} {split}")
+  for row, path, (samples, reason) in zip(rows, str_paths, results):
+    if samples is None:
+      report.skip(split, row.clip_id, path, reason)
+      continue
+    split_report.written += 1
+    yield (
+      row.clip_id,
+      {
+        "audio": samples,
+        "label": row.label,
+        "clip_id": row.clip_id,
+        "youtube_id": row.youtube_id,
+        "start_seconds": row.start_seconds,
+      },
+    )
+  if not split_report.written:
+    raise ManualDirError(
+      f"split {split!r}: none of its {split_report.found} clip files could"
+      f" be decoded, e.g. {report.skipped[-1]['path']}:"
+      f" {report.skipped[-1]['reason']}"
+    )
+
+
+def generate_synthetic_examples(
+  split: str, *, report: BuildReport, seed: int = synthetic.DEFAULT_SEED, clips_per_class: int | None = None
+) -> Iterator[Example]:
+  """Yields `(clip_id, example)` for each clip `synthetic.generate_split` makes for a split."""
+  split_report = report.splits[split]
+  for clip in synthetic.generate_split(split, seed=seed, clips_per_class=clips_per_class):
+    split_report.rows += 1
+    split_report.found += 1
+    split_report.written += 1
+    yield (
+      clip.clip_id,
+      {
+        "audio": clip.audio,
+        "label": clip.label,
+        "clip_id": clip.clip_id,
+        "youtube_id": clip.youtube_id,
+        "start_seconds": clip.start_seconds,
+      },
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # The builder.
 
 
@@ -322,7 +509,8 @@ class VggsoundConfig(tfds.core.BuilderConfig):
   common_only: bool = False
   synthetic_seed: int = synthetic.DEFAULT_SEED
   synthetic_clips_per_class: dict[str, int] = dataclasses.field(
-      default_factory=lambda: dict(synthetic.DEFAULT_CLIPS_PER_CLASS))
+    default_factory=lambda: dict(synthetic.DEFAULT_CLIPS_PER_CLASS)
+  )
 
 
 class Vggsound(tfds.core.GeneratorBasedBuilder):
@@ -332,169 +520,120 @@ class Vggsound(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {DATASET_VERSION: "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
-      VggsoundConfig(name="full", description="All clips of the user's VGGSound copy."),
-      VggsoundConfig(name="common", common_only=True,
-                     description=f"Clips of the classes in {COMMON_NAME} (shared with AudioSet)."),
-      VggsoundConfig(name="synthetic", source="synthetic",
-                     description=f"{len(synthetic.CLASS_NAMES)} classes of generated sounds."),
+    VggsoundConfig(name="full", description="All clips of the user's VGGSound copy."),
+    VggsoundConfig(
+      name="common", common_only=True, description=f"Clips of the classes in {COMMON_NAME} (shared with AudioSet)."
+    ),
+    VggsoundConfig(
+      name="synthetic", source="synthetic", description=f"{len(synthetic.CLASS_NAMES)} classes of generated sounds."
+    ),
   ]
   DEFAULT_CONFIG_NAME = "full"
 
-  def __init__(self, *, num_workers: int | None = None, file_format: str | None = FILE_FORMAT,
-               **kwargs):
+  def __init__(self, *, num_workers: int | None = None, file_format: str | None = FILE_FORMAT, **kwargs: Any) -> None:
     """`num_workers`: decoding processes (default: all cores)."""
     super().__init__(file_format=file_format, **kwargs)
     self._num_workers = num_workers or os.cpu_count() or 1
-    self._report: BuildReport | None = None
-    self._clips: dict[str, tuple[list[ClipRow], list[Path | None]]] = {}
+    # The report of the build in progress: set by download_and_prepare for the duration of
+    # one call, for _split_generators (whose signature TFDS fixes) to hand to the example
+    # generators; None between calls. The builder keeps no other per-build state.
+    self._report_in_progress: BuildReport | None = None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    names = (synthetic.CLASS_NAMES if self.builder_config.source == "synthetic"
-             else labels.class_names())
+    names = synthetic.CLASS_NAMES if self.builder_config.source == "synthetic" else labels.class_names()
     return self.dataset_info_from_configs(
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            # A Tensor, not tfds.features.Audio: Audio skips the encoding of arrays, and
-            # without BYTES encoding each sample would take 8-10 bytes (an int64 list).
-            "audio": tfds.features.Tensor(
-                shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES,
-                doc=f"{audio_lib.SAMPLE_RATE} Hz mono int16, the whole decoded clip"),
-            "label": tfds.features.ClassLabel(names=names),
-            "clip_id": tfds.features.Text(),
-            "youtube_id": tfds.features.Text(),
-            "start_seconds": np.int32,
-        }),
-        supervised_keys=("audio", "label"),
-        homepage="https://www.robots.ox.ac.uk/~vgg/data/vggsound/",
-        citation=_CITATION,
+      description=_DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          # A Tensor, not tfds.features.Audio: Audio skips the encoding of arrays, and
+          # without BYTES encoding each sample would take 8-10 bytes (an int64 list).
+          "audio": tfds.features.Tensor(
+            shape=(None,),
+            dtype=np.int16,
+            encoding=tfds.features.Encoding.BYTES,
+            doc=f"{audio_lib.SAMPLE_RATE} Hz mono int16, the whole decoded clip",
+          ),
+          "label": tfds.features.ClassLabel(names=names),
+          "clip_id": tfds.features.Text(),
+          "youtube_id": tfds.features.Text(),
+          "start_seconds": np.int32,
+        }
+      ),
+      supervised_keys=("audio", "label"),
+      homepage="https://www.robots.ox.ac.uk/~vgg/data/vggsound/",
+      citation=_CITATION,
     )
 
-  @property
-  def report(self) -> BuildReport | None:
-    """The report of the last build by this builder (None before one ran)."""
-    return self._report
+  def download_and_prepare(self, *, log_summary: bool = True, **kwargs: Any) -> BuildReport | None:
+    """TFDS's download_and_prepare; then writes build_report.json and returns the report.
 
-  def download_and_prepare(self, **kwargs) -> None:
-    """TFDS's download_and_prepare, then writes build_report.json and logs the summary."""
-    self._report = None
-    super().download_and_prepare(**kwargs)
-    if self._report is None:
-      return  # Already prepared: nothing was generated, the old report stands.
-    with open(Path(self.data_path, REPORT_NAME), "w", encoding="utf-8") as f:
-      json.dump(self._report.to_json(), f, indent=1)
-    log = logging.warning if self._report.skipped else logging.info
-    log("%s", self._report.summary())
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    config = self.builder_config
-    self._report = BuildReport(config=config.name)
-    if config.source == "synthetic":
-      for split in synthetic.SPLIT_IDS:
-        self._report.splits[split] = SplitReport()
-      return {split: self._generate_examples(split) for split in synthetic.SPLIT_IDS}
-    return self._manual_split_generators(self._manual_dir(dl_manager))
-
-  def _manual_dir(self, dl_manager) -> Path:
+    Returns None when nothing was generated (the config was already prepared: its stored
+    report stands, see `read_report`). `log_summary`: log the report's summary at the end
+    of a build; a caller that shows it itself passes False.
+    """
+    report = BuildReport(config=self.builder_config.name)
+    self._report_in_progress = report
     try:
-      manual_dir = Path(dl_manager.manual_dir)
+      super().download_and_prepare(**kwargs)
+    finally:
+      self._report_in_progress = None
+    if not report.splits:
+      return None  # _split_generators did not run: nothing was generated.
+    write_report(report, self.data_path)
+    if log_summary:
+      log = logging.warning if report.skipped else logging.info
+      log("%s", report.summary())
+    return report
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator[Example]]:
+    config = self.builder_config
+    report = self._report_in_progress
+    if report is None:  # Not called through download_and_prepare: the report is dropped.
+      report = BuildReport(config=config.name)
+    if config.source == "synthetic":
+      generators = {}
+      for split in synthetic.SPLIT_IDS:
+        report.splits[split] = SplitReport()
+        generators[split] = generate_synthetic_examples(
+          split, report=report, seed=config.synthetic_seed, clips_per_class=config.synthetic_clips_per_class[split]
+        )
+      return generators
+    plan = plan_build(self._manual_dir(dl_manager), common_only=config.common_only)
+    start_report(report, plan)
+    return {
+      split: generate_manual_examples(split, p.rows, p.paths, report=report, num_workers=self._num_workers)
+      for split, p in plan.buildable_splits().items()
+    }
+
+  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> Path:
+    try:
+      return Path(dl_manager.manual_dir)
     except AssertionError as e:  # TFDS's message spans the whole instructions.
       raise ManualDirError(str(e).splitlines()[0]) from None
-    if not (manual_dir / CSV_NAME).is_file():
-      raise ManualDirError(f"{manual_dir}: no {CSV_NAME} (see the builder's instructions)")
-    return manual_dir
 
-  def _manual_split_generators(self, manual_dir: Path):
-    """Reads and checks every list before anything is decoded."""
-    config, report = self.builder_config, self._report
-    report.manual_dir = str(manual_dir)
-    names = labels.class_names()
-    clip_list = read_clip_list(manual_dir / CSV_NAME, names)
-    rows = clip_list.rows
-    report.csv_rows = len(rows) + clip_list.duplicate_rows
-    report.duplicate_rows = clip_list.duplicate_rows
-    report.conflicting_duplicates = clip_list.conflicts
-    if config.common_only:
-      if not (manual_dir / COMMON_NAME).is_file():
-        raise ManualDirError(f"{manual_dir}: the common config needs {COMMON_NAME}")
-      common = read_common(manual_dir / COMMON_NAME, names)
-      rows = [r for r in rows if r.label in common]
-    splits = {s: [r for r in rows if r.split == s] for s in CSV_SPLITS}
-    if (manual_dir / ASTEST_NAME).is_file():
-      astest = read_astest(manual_dir / ASTEST_NAME)
-      report.astest_not_in_csv = len(astest - {r.clip_id for r in clip_list.rows})
-      splits[ASTEST_SPLIT] = [r for r in splits["test"] if r.clip_id in astest]
-
-    files = index_media_files(manual_dir)
-    generators = {}
-    for split, split_rows in splits.items():
-      report.splits[split] = split_report = SplitReport(rows=len(split_rows))
-      paths = [files.get(r.clip_id) for r in split_rows]
-      split_report.found = sum(p is not None for p in paths)
-      if split_report.found:
-        self._clips[split] = (split_rows, paths)
-        generators[split] = self._generate_examples(split)
-      else:
-        # TFDS cannot store an empty split; the clips still go into the report.
-        for row in split_rows:
-          report.skip(split, row.clip_id, None, MISSING_FILE)
-    if not generators:
-      raise ManualDirError(f"{manual_dir}: none of the clips in {CSV_NAME} has a file"
-                           f" (expected names like {rows[0].clip_id if rows else 'ID_000030'}"
-                           f".{{{','.join(e[1:] for e in MEDIA_EXTENSIONS)}}})")
-    return generators
-
-  def _generate_examples(self, split: str):
-    if self.builder_config.source == "synthetic":
-      return self._generate_synthetic(split)
-    return self._generate_manual(split, *self._clips[split])
-
-  def _generate_manual(self, split: str, rows: Sequence[ClipRow], paths: Sequence[Path | None]):
-    split_report = self._report.splits[split]
-    str_paths = [None if p is None else str(p) for p in paths]
-    results = _decode_all(str_paths, self._num_workers, desc=f"{NAME} {split}")
-    for row, path, (samples, reason) in zip(rows, str_paths, results):
-      if samples is None:
-        self._report.skip(split, row.clip_id, path, reason)
-        continue
-      split_report.written += 1
-      yield row.clip_id, {
-          "audio": samples,
-          "label": row.label,
-          "clip_id": row.clip_id,
-          "youtube_id": row.youtube_id,
-          "start_seconds": row.start_seconds,
-      }
-    if not split_report.written:
-      raise ManualDirError(f"split {split!r}: none of its {split_report.found} clip files could"
-                           f" be decoded, e.g. {self._report.skipped[-1]['path']}:"
-                           f" {self._report.skipped[-1]['reason']}")
-
-  def _generate_synthetic(self, split: str):
-    config = self.builder_config
-    split_report = self._report.splits[split]
-    for clip in synthetic.generate_split(split, seed=config.synthetic_seed,
-                                         clips_per_class=config.synthetic_clips_per_class[split]):
-      split_report.rows += 1
-      split_report.found += 1
-      split_report.written += 1
-      yield clip.clip_id, {
-          "audio": clip.audio,
-          "label": clip.label,
-          "clip_id": clip.clip_id,
-          "youtube_id": clip.youtube_id,
-          "start_seconds": clip.start_seconds,
-      }
+  def _generate_examples(self, **kwargs: Any) -> Iterator[Example]:
+    """Unused: _split_generators returns the module's generators. TFDS declares it abstract."""
+    raise NotImplementedError("use generate_manual_examples or generate_synthetic_examples")
 
 
-def build(data_dir: str | os.PathLike, *, config: str = "full",
-          manual_dir: str | os.PathLike | None = None, num_workers: int | None = None,
-          overwrite: bool = False) -> BuildReport:
-  """Builds `vggsound/{config}` into data_dir (if not already there); returns its report."""
+def build(
+  data_dir: str | os.PathLike,
+  *,
+  config: str = "full",
+  manual_dir: str | os.PathLike | None = None,
+  num_workers: int | None = None,
+  overwrite: bool = False,
+  log_summary: bool = True,
+) -> BuildReport:
+  """Builds `vggsound/{config}` into data_dir (if not already there); returns its report.
+
+  The report is that of this build, or the stored one when the config was already built.
+  `log_summary`: log the summary at the end of a build (pass False to print it yourself).
+  """
   builder = Vggsound(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers)
   if overwrite and builder.is_prepared():
     shutil.rmtree(builder.data_path)
     builder = Vggsound(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers)
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=None if manual_dir is None else os.fspath(manual_dir))
-  builder.download_and_prepare(download_config=download_config)
-  return builder.report or read_report(builder.data_path)
+  download_config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else os.fspath(manual_dir))
+  report = builder.download_and_prepare(download_config=download_config, log_summary=log_summary)
+  return report if report is not None else read_report(builder.data_path)

@@ -1,4 +1,4 @@
-"""NetVLAD pooling (Arandjelovic et al.), as the VGGSound release uses it (SPEC section 2)."""
+"""NetVLAD pooling (Arandjelovic et al.), as the VGGSound release uses it (docs/original_pipeline.md#network)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def l2_normalize(x: jax.Array, axis: int) -> jax.Array:
 class NetVLAD(nnx.Module):
   """(N, H, W, D) descriptors -> (N, K * D) VLAD vector, cluster-major, L2-normalised."""
 
-  def __init__(self, num_clusters: int, dim: int, *, dtype=None, rngs: nnx.Rngs):
+  def __init__(self, num_clusters: int, dim: int, *, dtype: jnp.dtype | str | None = None, rngs: nnx.Rngs) -> None:
     centroids = jax.random.uniform(rngs.params(), (num_clusters, dim))
     self.centroids = nnx.Param(centroids)
     # The 1x1 assignment conv is its own parameter, only initialised from the centroids.

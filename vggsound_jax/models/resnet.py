@@ -1,4 +1,5 @@
-"""ResNet-18/34/50 over a one-channel log-spectrogram, as in the VGGSound release (SPEC section 2).
+"""ResNet-18/34/50 over a one-channel log-spectrogram, as in the VGGSound release
+(docs/original_pipeline.md#network).
 
 Layout is NHWC: (batch, 257 frequency bins, frames, 1). Module and attribute names follow
 the PyTorch original (`conv1`, `bn1`, `layer1`..`layer4`, `downsample`, `fc`) so that the
@@ -8,7 +9,8 @@ converter maps the released weights one to one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,37 +40,59 @@ class ModelConfig:
   num_clusters: int = 16  # NetVLAD head only
   dtype: str = "float32"  # compute dtype; parameters are always float32
 
+  @classmethod
+  def from_config(cls, model: Mapping[str, Any], num_classes: int) -> ModelConfig:
+    """From an experiment config's `model` fields and the data's number of classes."""
+    return cls(
+      depth=model["depth"],
+      head=model["head"],
+      num_classes=num_classes,
+      width=model["width"],
+      num_clusters=model["num_clusters"],
+      dtype=model["dtype"],
+    )
+
   @property
   def embedding_dim(self) -> int:
     channels = STAGE_WIDTHS[-1] * self.width * EXPANSION[DEPTHS[self.depth][0]]
     return channels * self.num_clusters if self.head == "vlad" else channels
 
 
-def _conv(cin, cout, kernel, stride, padding, dtype, rngs):
+def _conv(
+  cin: int, cout: int, kernel: int, stride: int, padding: int, dtype: jnp.dtype | str, rngs: nnx.Rngs
+) -> nnx.Conv:
   return nnx.Conv(
-      cin, cout, (kernel, kernel), strides=stride, padding=((padding, padding),) * 2,
-      use_bias=False, kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+    cin,
+    cout,
+    (kernel, kernel),
+    strides=stride,
+    padding=((padding, padding),) * 2,
+    use_bias=False,
+    kernel_init=_conv_init,
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
-def _bn(channels, dtype, rngs):
+def _bn(channels: int, dtype: jnp.dtype | str, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
 class Downsample(nnx.Module):
   """The projection shortcut: 1x1 conv (stride s) + BatchNorm."""
 
-  def __init__(self, cin, cout, stride, dtype, rngs):
+  def __init__(self, cin: int, cout: int, stride: int, dtype: jnp.dtype | str, rngs: nnx.Rngs) -> None:
     self.conv = _conv(cin, cout, 1, stride, 0, dtype, rngs)
     self.bn = _bn(cout, dtype, rngs)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     return self.bn(self.conv(x))
 
 
 class BasicBlock(nnx.Module):
   expansion = 1
 
-  def __init__(self, cin, planes, stride, dtype, rngs):
+  def __init__(self, cin: int, planes: int, stride: int, dtype: jnp.dtype | str, rngs: nnx.Rngs) -> None:
     self.conv1 = _conv(cin, planes, 3, stride, 1, dtype, rngs)
     self.bn1 = _bn(planes, dtype, rngs)
     self.conv2 = _conv(planes, planes, 3, 1, 1, dtype, rngs)
@@ -76,7 +100,7 @@ class BasicBlock(nnx.Module):
     needs_projection = stride != 1 or cin != planes
     self.downsample = Downsample(cin, planes, stride, dtype, rngs) if needs_projection else None
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
     y = self.bn2(self.conv2(y))
     shortcut = x if self.downsample is None else self.downsample(x)
@@ -86,7 +110,7 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, cin, planes, stride, dtype, rngs):
+  def __init__(self, cin: int, planes: int, stride: int, dtype: jnp.dtype | str, rngs: nnx.Rngs) -> None:
     cout = planes * self.expansion
     self.conv1 = _conv(cin, planes, 1, 1, 0, dtype, rngs)
     self.bn1 = _bn(planes, dtype, rngs)
@@ -97,7 +121,7 @@ class Bottleneck(nnx.Module):
     needs_projection = stride != 1 or cin != cout
     self.downsample = Downsample(cin, cout, stride, dtype, rngs) if needs_projection else None
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
     y = nnx.relu(self.bn2(self.conv2(y)))
     y = self.bn3(self.conv3(y))
@@ -108,7 +132,7 @@ class Bottleneck(nnx.Module):
 class ResNet(nnx.Module):
   """stem -> 4 stages -> head (global average pool or NetVLAD) -> fc (309 logits)."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs) -> None:
     self.config = config
     dtype = jnp.dtype(config.dtype)
     block_kind, blocks_per_stage = DEPTHS[config.depth]
@@ -117,8 +141,7 @@ class ResNet(nnx.Module):
     self.conv1 = _conv(1, config.width, 7, 2, 3, dtype, rngs)
     self.bn1 = _bn(config.width, dtype, rngs)
     cin = config.width
-    for i, (mult, stride, num_blocks) in enumerate(
-        zip(STAGE_WIDTHS, STAGE_STRIDES, blocks_per_stage), start=1):
+    for i, (mult, stride, num_blocks) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, blocks_per_stage), start=1):
       planes = mult * config.width
       blocks = []
       for j in range(num_blocks):
@@ -149,7 +172,7 @@ class ResNet(nnx.Module):
       return self.netvlad(x)
     return jnp.mean(x, axis=(1, 2))
 
-  def __call__(self, x: jax.Array, *, return_embedding: bool = False):
+  def __call__(self, x: jax.Array, *, return_embedding: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Logits (N, num_classes) in float32, and the embedding too if asked."""
     embedding = self.embed(x)
     logits = self.fc(embedding).astype(jnp.float32)

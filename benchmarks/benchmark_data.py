@@ -1,7 +1,7 @@
 """Data benchmark: dataset build throughput and input-pipeline throughput, on generated clips.
 
-  python scripts/benchmark_data.py [--num_clips 64] [--format wav|flac|mp4|wav44k]
-                                   [--build_workers 1,2] [--loader_workers 0,1,2]
+  python benchmarks/benchmark_data.py [--num_clips 64] [--format wav|flac|mp4|wav44k]
+                                      [--build_workers 1,2] [--loader_workers 0,1,2]
 
 Writes `num_clips` 10 s fixture clips of one format into a temporary manual_dir, builds
 `vggsound/full` from them with each decoding-process count (clips/s, and clips/s per
@@ -22,8 +22,7 @@ from absl import app, flags
 
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Fixture clips to build.", lower_bound=1)
 _FORMAT = flags.DEFINE_enum("format", "mp4", ["wav", "flac", "mp4", "wav44k"], "Clip format.")
-_BUILD_WORKERS = flags.DEFINE_list("build_workers", ["1", str(os.cpu_count() or 1)],
-                                   "Decoding process counts to time.")
+_BUILD_WORKERS = flags.DEFINE_list("build_workers", ["1", str(os.cpu_count() or 1)], "Decoding process counts to time.")
 _LOADER_WORKERS = flags.DEFINE_list("loader_workers", ["0", "1", "2"], "Grain worker counts.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Loader batch size.", lower_bound=1)
 _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed per worker count.", lower_bound=1)
@@ -80,14 +79,17 @@ def main(argv):
       vggsound.build(data_dir, manual_dir=manual_dir, num_workers=workers)
       seconds = time.perf_counter() - start
       rate = _NUM_CLIPS.value / seconds
-      print(f"  {workers} processes: {rate:8.1f} clips/s  {rate / workers:8.1f} clips/s per process"
-            f"  ({seconds:.1f} s, including process start-up)")
+      print(
+        f"  {workers} processes: {rate:8.1f} clips/s  {rate / workers:8.1f} clips/s per process"
+        f"  ({seconds:.1f} s, including process start-up)"
+      )
 
     print(f"train loader (10 s clips, batch {_BATCH_SIZE.value}):")
     source = input_pipeline.data_source(data_dir, "train")
     for workers in (int(w) for w in _LOADER_WORKERS.value):
-      loader = input_pipeline.train_loader(source, global_batch_size=_BATCH_SIZE.value, seed=0,
-                                           worker_count=workers, shard_index=0, shard_count=1)
+      loader = input_pipeline.train_loader(
+        source, global_batch_size=_BATCH_SIZE.value, seed=0, worker_count=workers, shard_index=0, shard_count=1
+      )
       iterator = iter(loader)
       next(iterator)  # start-up (worker processes) is not throughput
       start = time.perf_counter()

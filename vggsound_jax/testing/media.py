@@ -1,4 +1,8 @@
-"""Writing media files for test fixtures."""
+"""Writing media files for test and benchmark fixtures."""
+
+from __future__ import annotations
+
+import os
 
 import av
 import numpy as np
@@ -6,7 +10,7 @@ import numpy as np
 from vggsound_jax.audio import SAMPLE_RATE
 
 
-def write_mp4(path, samples: np.ndarray, fs: int = SAMPLE_RATE) -> None:
+def write_mp4(path: str | os.PathLike, samples: np.ndarray, fs: int = SAMPLE_RATE) -> None:
   """An mp4 holding `samples` (1-D int16) as AAC audio, as the VGGSound videos carry it."""
   with av.open(str(path), "w") as container:
     stream = container.add_stream("aac", rate=fs)

@@ -13,14 +13,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def import_torch_reference():
-  """The PyTorch model of the original architecture, from the tests."""
-  sys.path.insert(0, str(REPO / "tests"))
-  import torch_reference  # noqa: PLC0415
-
-  return torch_reference
-
-
 def seconds_per_call(fn, *, repeats: int = 3, warmup: int = 1) -> float:
   """Median wall seconds of `fn()` (which must block until its work is done)."""
   for _ in range(warmup):
@@ -45,8 +37,10 @@ def machine() -> str:
   import jax  # noqa: PLC0415
 
   devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on {devices}; "
-          f"python {platform.python_version()}; {datetime.date.today().isoformat()}")
+  return (
+    f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on {devices}; "
+    f"python {platform.python_version()}; {datetime.date.today().isoformat()}"
+  )
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

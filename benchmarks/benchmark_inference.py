@@ -1,7 +1,7 @@
 """CPU inference benchmarks, side by side with the PyTorch original, in one run.
 
-  python scripts/benchmark_inference.py            # the full table (about 10 minutes on 2 cores)
-  python scripts/benchmark_inference.py --smoke    # tiny shapes, just shows that it runs
+  python benchmarks/benchmark_inference.py            # the full table (about 10 minutes on 2 cores)
+  python benchmarks/benchmark_inference.py --smoke    # tiny shapes, just shows that it runs
 
 Prints: model-only clips/s (JAX fp32 and bf16 vs PyTorch eager fp32 NCHW, channels_last + bf16
 autocast, and that under torch.compile), the front end (jnp under jit vs scipy per clip), and
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags
-
-from benchmark_utils import REPO, import_torch_reference, machine, print_table, seconds_per_call
+from benchmark_utils import REPO, machine, print_table, seconds_per_call
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny model, 1 s clips, one repeat: shows the script runs.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["8", "32"], "Model-only batch sizes.")
@@ -31,11 +30,10 @@ _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "Also measure torch.co
 _PREDICT_FILES = flags.DEFINE_integer("predict_files", 64, "Wav files for whole-process predict.")
 _SECTIONS = flags.DEFINE_list("sections", ["model", "frontend", "predict"], "What to measure.")
 
-ORIGINAL_PREDICT = '''
+ORIGINAL_PREDICT = """
 import sys, time
 import numpy as np, soundfile as sf, scipy.signal, torch
-sys.path.insert(0, {tests!r})
-import torch_reference
+from vggsound_jax.testing import torch_reference
 ckpt, files = sys.argv[1], sys.argv[2:]
 model = torch_reference.build_torch_model({depth}, {head!r}, width={width})
 state = torch.load(ckpt, map_location="cpu", weights_only=False)["model_state_dict"]
@@ -55,7 +53,7 @@ with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(x).float()), dim=1)
         for f, p in zip(files[i:i + 32], probs.numpy()):
             print(f, int(p.argmax()), float(p.max()))
-'''
+"""
 
 
 def _audio_batch(n, num_samples, seed=0):
@@ -73,10 +71,10 @@ def bench_model(cfg, rows):
   import torch
   from flax import nnx
 
-  from converters.pytorch_to_flax import flax_model_from_state_dict
+  from vggsound_jax.pytorch_conversion import flax_model_from_state_dict
   from vggsound_jax.spectrogram import log_spectrogram
+  from vggsound_jax.testing import torch_reference
 
-  torch_reference = import_torch_reference()
   for head in _HEADS.value:
     torch_model = torch_reference.build_torch_model(18, head, width=cfg["width"])
     torch_reference.randomize_(torch_model, seed=0)
@@ -122,9 +120,17 @@ def bench_model(cfg, rows):
       torch_names = [k for k in results if k.startswith("torch")]
       best_torch = min(results[k] for k in torch_names)
       for name in ["jax fp32", "jax bf16"] + torch_names:
-        rows.append([f"r18 {head}", batch, name, batch / results[name], eager / results[name],
-                     best_torch / results[name],
-                     f"{agreement:.3f}" if name == "jax bf16" else ""])
+        rows.append(
+          [
+            f"r18 {head}",
+            batch,
+            name,
+            batch / results[name],
+            eager / results[name],
+            best_torch / results[name],
+            f"{agreement:.3f}" if name == "jax bf16" else "",
+          ]
+        )
 
 
 def bench_frontend(cfg, rows):
@@ -154,7 +160,8 @@ def bench_predict(cfg, rows):
   import soundfile as sf
   import torch
 
-  torch_reference = import_torch_reference()
+  from vggsound_jax.testing import torch_reference
+
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     audio = _audio_batch(cfg["predict_files"], cfg["clip"])
@@ -166,11 +173,22 @@ def bench_predict(cfg, rows):
     torch_reference.randomize_(model, seed=0)
     ckpt = tmp / "vggsound_avgpool.pth.tar"
     torch_reference.save_release_style(model, ckpt, legacy=True)
-    subprocess.run([sys.executable, str(REPO / "converters/pytorch_to_flax.py"), "--input", str(ckpt),
-                    "--output", str(tmp / "converted")], check=True, capture_output=True)
+    subprocess.run(
+      [
+        sys.executable,
+        str(REPO / "converters/pytorch_to_flax.py"),
+        "--input",
+        str(ckpt),
+        "--output",
+        str(tmp / "converted"),
+      ],
+      check=True,
+      capture_output=True,
+    )
     script = tmp / "original_predict.py"
-    script.write_text(textwrap.dedent(ORIGINAL_PREDICT.format(
-        tests=str(REPO / "tests"), depth=18, head="avgpool", width=cfg["width"], clip=cfg["clip"])))
+    script.write_text(
+      textwrap.dedent(ORIGINAL_PREDICT.format(depth=18, head="avgpool", width=cfg["width"], clip=cfg["clip"]))
+    )
 
     def run(cmd, env=None):
       start = time.perf_counter()
@@ -178,9 +196,16 @@ def bench_predict(cfg, rows):
       return time.perf_counter() - start
 
     import os
+
     env = dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "jax_cache"))
-    predict = [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(tmp / "converted"),
-               "--top_k", "1"] + files  # its default batch size
+    predict = [
+      sys.executable,
+      str(REPO / "scripts/predict.py"),
+      "--checkpoint",
+      str(tmp / "converted"),
+      "--top_k",
+      "1",
+    ] + files  # its default batch size
     cold = run(predict, env)
     warm = min(run(predict, env) for _ in range(cfg["repeats"]))
     original = min(run([sys.executable, str(script), str(ckpt)] + files) for _ in range(cfg["repeats"]))
@@ -193,21 +218,27 @@ def bench_predict(cfg, rows):
 
 def main(argv):
   del argv
-  sys.path.insert(0, str(REPO))
-  cfg = {"width": 64, "clip": 160000, "repeats": _REPEATS.value,
-         "batch_sizes": [int(b) for b in _BATCH_SIZES.value], "torch_compile": _TORCH_COMPILE.value,
-         "predict_files": _PREDICT_FILES.value, "frontend_batch": 32}
+  cfg = {
+    "width": 64,
+    "clip": 160000,
+    "repeats": _REPEATS.value,
+    "batch_sizes": [int(b) for b in _BATCH_SIZES.value],
+    "torch_compile": _TORCH_COMPILE.value,
+    "predict_files": _PREDICT_FILES.value,
+    "frontend_batch": 32,
+  }
   if _SMOKE.value:
-    cfg.update(width=4, clip=16000, repeats=1, batch_sizes=[2], torch_compile=False,
-               predict_files=4, frontend_batch=4)
+    cfg.update(width=4, clip=16000, repeats=1, batch_sizes=[2], torch_compile=False, predict_files=4, frontend_batch=4)
   clip = f"{cfg['clip'] / 16000:g} s clips"
   print(f"# CPU inference benchmark\n\n{machine()}")
   if "model" in _SECTIONS.value:
     rows = []
     bench_model(cfg, rows)
-    print_table(f"Model only, ResNet-18 width {cfg['width']}, {clip} (ratios: higher is faster)",
-                ["model", "batch", "implementation", "clips/s", "x eager fp32", "x fastest PyTorch",
-                 "bf16 top-1 agreement"], rows)
+    print_table(
+      f"Model only, ResNet-18 width {cfg['width']}, {clip} (ratios: higher is faster)",
+      ["model", "batch", "implementation", "clips/s", "x eager fp32", "x fastest PyTorch", "bf16 top-1 agreement"],
+      rows,
+    )
   if "frontend" in _SECTIONS.value:
     rows = []
     bench_frontend(cfg, rows)
@@ -215,8 +246,11 @@ def main(argv):
   if "predict" in _SECTIONS.value:
     rows = []
     bench_predict(cfg, rows)
-    print_table(f"Whole-process predict, {clip} in wav files (wall seconds, with start-up)",
-                ["way", "files", "seconds", "x original"], rows)
+    print_table(
+      f"Whole-process predict, {clip} in wav files (wall seconds, with start-up)",
+      ["way", "files", "seconds", "x original"],
+      rows,
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A model directory is an Orbax checkpoint with two items:
 
-- `state`: `nnx.state(model)` as a pure nested dict (parameters and BatchNorm statistics);
+- `state`: the model's `ModelState`, `{"params", "batch_stats"}`, as pure nested dicts;
 - `metadata`: JSON with `format` (`MODEL_FORMAT`), `model_config` (the ModelConfig fields),
   `class_names` (model output order) and free-form `source` (e.g. the converted file and its
   sha256).
@@ -16,17 +16,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from vggsound_jax.errors import PathError
-from vggsound_jax.models import ModelConfig, ResNet, build_model
+from vggsound_jax.models import ModelConfig, ResNet, abstract_model_state, graphdefs, merge_model, split_model
 
-MODEL_FORMAT = "vggsound_jax.model/1"
+MODEL_FORMAT = "vggsound_jax.model/2"  # /2: state split into params and batch_stats
 STATE_ITEM = "state"
 METADATA_ITEM = "metadata"
 
@@ -36,7 +37,7 @@ class ModelCheckpointError(PathError):
 
 
 @contextlib.contextmanager
-def _checkpointer():
+def _checkpointer() -> Iterator[ocp.Checkpointer]:
   # Closed explicitly: Orbax's background threads otherwise outlive the call.
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
@@ -50,8 +51,14 @@ def _one_line(e: Exception) -> str:
   return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def save_model(directory: str | os.PathLike, model: ResNet, *, class_names: Sequence[str],
-               source: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def save_model(
+  directory: str | os.PathLike,
+  model: ResNet,
+  *,
+  class_names: Sequence[str],
+  source: dict[str, Any] | None = None,
+  overwrite: bool = False,
+) -> Path:
   """Writes `model` (its config, parameters and BatchNorm statistics) to a new directory.
 
   `class_names` must list the model's outputs in order. An existing directory is replaced only
@@ -60,23 +67,22 @@ def save_model(directory: str | os.PathLike, model: ResNet, *, class_names: Sequ
   directory = Path(directory).absolute()
   config = model.config
   if len(class_names) != config.num_classes:
-    raise ValueError(f"{directory}: {len(class_names)} class names for a model with "
-                     f"{config.num_classes} outputs")
+    raise ValueError(f"{directory}: {len(class_names)} class names for a model with {config.num_classes} outputs")
   if directory.exists() and not overwrite:
     raise ModelCheckpointError(directory, "already exists (refusing to overwrite it)")
   metadata = {
-      "format": MODEL_FORMAT,
-      "model_config": dataclasses.asdict(config),
-      "class_names": list(class_names),
-      "source": dict(source or {}),
+    "format": MODEL_FORMAT,
+    "model_config": dataclasses.asdict(config),
+    "class_names": list(class_names),
+    "source": dict(source or {}),
   }
-  state = nnx.to_pure_dict(nnx.state(model))
+  state = {k: nnx.to_pure_dict(v) for k, v in split_model(model)[1].items()}
   with _checkpointer() as checkpointer:
     checkpointer.save(
-        directory,
-        ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
-                              METADATA_ITEM: ocp.args.JsonSave(metadata)}),
-        force=overwrite)
+      directory,
+      ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(metadata)}),
+      force=overwrite,
+    )
   return directory
 
 
@@ -87,12 +93,13 @@ def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     raise ModelCheckpointError(directory, "no such model directory")
   if not (directory / METADATA_ITEM).is_dir() or not (directory / STATE_ITEM).is_dir():
     raise ModelCheckpointError(
-        directory, f"not a model checkpoint (expected '{STATE_ITEM}' and '{METADATA_ITEM}' inside; "
-        "make one with converters/pytorch_to_flax.py or training)")
+      directory,
+      f"not a model checkpoint (expected '{STATE_ITEM}' and '{METADATA_ITEM}' inside; "
+      "make one with converters/pytorch_to_flax.py or training)",
+    )
   try:
     with _checkpointer() as checkpointer:
-      restored = checkpointer.restore(
-          directory, ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()}))
+      restored = checkpointer.restore(directory, ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()}))
     metadata = restored[METADATA_ITEM]
   except Exception as e:  # Orbax raises many kinds; the caller needs one line
     raise ModelCheckpointError(directory, f"unreadable metadata ({_one_line(e)})") from None
@@ -115,26 +122,32 @@ def load_model(directory: str | os.PathLike, *, dtype: str | None = None) -> tup
   try:
     config = ModelConfig(**fields)
     # Only shapes: the real values come from the checkpoint, so skip the random init.
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(config)))
+    graphdef = graphdefs(config).eval
+    state = abstract_model_state(config)
   except Exception as e:
     raise ModelCheckpointError(directory, f"bad model_config {fields!r} ({_one_line(e)})") from None
-  target = nnx.to_pure_dict(state)
+  # Onto one local device, whatever the topology of the run that wrote it.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    {k: nnx.to_pure_dict(v) for k, v in state.items()},
+  )
   try:
     with _checkpointer() as checkpointer:
-      restored = checkpointer.restore(
-          directory, ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))[STATE_ITEM]
+      restored = checkpointer.restore(directory, ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))[
+        STATE_ITEM
+      ]
     _check_same_shapes(target, restored)
-    nnx.replace_by_pure_dict(state, restored)
+    for key, value in state.items():
+      nnx.replace_by_pure_dict(value, restored[key])
   except ModelCheckpointError:
     raise
   except Exception as e:
     raise ModelCheckpointError(directory, f"state does not match model_config ({_one_line(e)})") from None
-  model = nnx.merge(graphdef, state)
-  model.eval()
-  return model, metadata
+  return merge_model(graphdef, state), metadata
 
 
-def _check_same_shapes(target, restored) -> None:
+def _check_same_shapes(target: Any, restored: Any) -> None:
   expected = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), target)
   found = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), restored)
   if expected != found:

@@ -1,13 +1,16 @@
-"""The original VGGSound audio network, written in PyTorch from SPEC section 2 (a test helper).
+"""The original VGGSound audio network in PyTorch (docs/original_pipeline.md#network).
 
 torchvision-style ResNet-18/34/50 with a one-channel stem and either global average pooling +
 `fc` or NetVLAD (Nanne/pytorch-NetVlad style, named `avgpool`) + `fc_`, wrapped in a module
 whose attribute is `audnet`, so that state-dict keys are exactly the release's. Written
 independently of the Flax code, so that comparing the two checks the port. Input is NCHW
-(N, 1, 257, T).
+(N, 1, 257, T). A reference for tests and benchmarks.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,7 @@ BLOCKS = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]), 50: ("bottle
 class BasicBlock(nn.Module):
   expansion = 1
 
-  def __init__(self, inplanes, planes, stride=1, downsample=None):
+  def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
     super().__init__()
     self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
     self.bn1 = nn.BatchNorm2d(planes)
@@ -29,7 +32,7 @@ class BasicBlock(nn.Module):
     self.bn2 = nn.BatchNorm2d(planes)
     self.downsample = downsample
 
-  def forward(self, x):
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
     identity = x if self.downsample is None else self.downsample(x)
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
@@ -39,7 +42,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
   expansion = 4
 
-  def __init__(self, inplanes, planes, stride=1, downsample=None):
+  def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
     super().__init__()
     self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
     self.bn1 = nn.BatchNorm2d(planes)
@@ -50,7 +53,7 @@ class Bottleneck(nn.Module):
     self.relu = nn.ReLU(inplace=True)
     self.downsample = downsample
 
-  def forward(self, x):
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
     identity = x if self.downsample is None else self.downsample(x)
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.relu(self.bn2(self.conv2(out)))
@@ -61,7 +64,7 @@ class Bottleneck(nn.Module):
 class NetVLAD(nn.Module):
   """NetVLAD as in Nanne/pytorch-NetVlad: centroids and a separate 1x1 assignment conv."""
 
-  def __init__(self, num_clusters=16, dim=512, alpha=100.0):
+  def __init__(self, num_clusters: int = 16, dim: int = 512, alpha: float = 100.0) -> None:
     super().__init__()
     self.num_clusters = num_clusters
     self.conv = nn.Conv2d(dim, num_clusters, kernel_size=1, bias=True)
@@ -70,7 +73,7 @@ class NetVLAD(nn.Module):
       self.conv.weight.copy_((2.0 * alpha * self.centroids)[:, :, None, None])
       self.conv.bias.copy_(-alpha * self.centroids.norm(dim=1))
 
-  def forward(self, x):
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
     n, c = x.shape[:2]
     x = F.normalize(x, p=2, dim=1)
     soft_assign = F.softmax(self.conv(x).view(n, self.num_clusters, -1), dim=1)
@@ -78,7 +81,7 @@ class NetVLAD(nn.Module):
     vlad = torch.zeros(n, self.num_clusters, c, dtype=x.dtype)
     for k in range(self.num_clusters):  # residuals to one centroid at a time, as the original
       residual = x_flatten - self.centroids[k][None, :, None]  # (N, C, P)
-      residual = residual * soft_assign[:, k:k + 1, :]
+      residual = residual * soft_assign[:, k : k + 1, :]
       vlad[:, k, :] = residual.sum(dim=-1)
     vlad = F.normalize(vlad, p=2, dim=2)
     vlad = vlad.reshape(n, -1)
@@ -86,8 +89,14 @@ class NetVLAD(nn.Module):
 
 
 class ResNet(nn.Module):
-
-  def __init__(self, depth=18, head="avgpool", num_classes=NUM_CLASSES, width=64, num_clusters=16):
+  def __init__(
+    self,
+    depth: int = 18,
+    head: str = "avgpool",
+    num_classes: int = NUM_CLASSES,
+    width: int = 64,
+    num_clusters: int = 16,
+  ) -> None:
     super().__init__()
     kind, layers = BLOCKS[depth]
     block = BasicBlock if kind == "basic" else Bottleneck
@@ -109,23 +118,24 @@ class ResNet(nn.Module):
       self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
       self.fc = nn.Linear(channels, num_classes)
 
-  def _make_layer(self, block, planes, blocks, stride):
+  def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int) -> nn.Sequential:
     downsample = None
     if stride != 1 or self.inplanes != planes * block.expansion:
       downsample = nn.Sequential(
-          nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
-          nn.BatchNorm2d(planes * block.expansion))
+        nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(planes * block.expansion),
+      )
     layers = [block(self.inplanes, planes, stride, downsample)]
     self.inplanes = planes * block.expansion
     layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
 
-  def embed(self, x):
+  def embed(self, x: torch.Tensor) -> torch.Tensor:
     x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
     x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
     return self.avgpool(x).view(x.size(0), -1)
 
-  def forward(self, x):
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
     x = self.embed(x)
     return self.fc_(x) if self.head == "vlad" else self.fc(x)
 
@@ -133,18 +143,20 @@ class ResNet(nn.Module):
 class AudioNet(nn.Module):
   """The release's wrapper: the network is its `audnet` attribute."""
 
-  def __init__(self, **kwargs):
+  def __init__(self, **kwargs: int | str) -> None:
     super().__init__()
     self.audnet = ResNet(**kwargs)
 
-  def embed(self, x):
+  def embed(self, x: torch.Tensor) -> torch.Tensor:
     return self.audnet.embed(x)
 
-  def forward(self, x):
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.audnet(x)
 
 
-def build_torch_model(depth, head, num_classes=NUM_CLASSES, width=64, num_clusters=16) -> AudioNet:
+def build_torch_model(
+  depth: int, head: str, num_classes: int = NUM_CLASSES, width: int = 64, num_clusters: int = 16
+) -> AudioNet:
   return AudioNet(depth=depth, head=head, num_classes=num_classes, width=width, num_clusters=num_clusters)
 
 
@@ -156,7 +168,7 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
   """
   g = torch.Generator().manual_seed(seed)
 
-  def normal(t, std, mean=0.0):
+  def normal(t: torch.Tensor, std: float, mean: float = 0.0) -> None:
     t.copy_(torch.randn(t.shape, generator=g) * std + mean)
 
   for module in model.modules():
@@ -172,7 +184,7 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
       module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) * 1.5 + 0.5)
       module.num_batches_tracked.fill_(int(torch.randint(1, 10_000, (1,), generator=g)))
     elif isinstance(module, nn.Linear):
-      normal(module.weight, module.in_features ** -0.5)
+      normal(module.weight, module.in_features**-0.5)
       normal(module.bias, 0.1)
   for module in model.modules():
     if isinstance(module, NetVLAD):
@@ -184,15 +196,17 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
   return model
 
 
-def save_release_style(model: nn.Module, path, legacy: bool) -> None:
+def save_release_style(model: nn.Module, path: str | os.PathLike, legacy: bool) -> None:
   """torch.save like the release: weights under `model_state_dict`, plus other entries."""
   optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-  torch.save({"epoch": 3, "model_state_dict": model.state_dict(),
-              "optimizer_state_dict": optimizer.state_dict()},
-             path, _use_new_zipfile_serialization=not legacy)
+  torch.save(
+    {"epoch": 3, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+    path,
+    _use_new_zipfile_serialization=not legacy,
+  )
 
 
-def load_release_state_dict(model: nn.Module, state_dict) -> nn.Module:
+def load_release_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
   """Loads a release-style state dict (keys `audnet.*`) into `build_torch_model`'s model."""
   model.load_state_dict(state_dict)
   return model

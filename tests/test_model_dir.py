@@ -1,4 +1,4 @@
-"""vggsound_jax.checkpoint: model directories round-trip exactly, load in another dtype, and
+"""vggsound_jax.model_dir: model directories round-trip exactly, load in another dtype, and
 anything else is a one-line error naming the directory."""
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from vggsound_jax import labels
-from vggsound_jax.checkpoint import ModelCheckpointError, load_metadata, load_model, save_model
+from vggsound_jax.model_dir import ModelCheckpointError, load_metadata, load_model, save_model
 from vggsound_jax.models import ModelConfig, build_model
 
 NAMES = labels.class_names()
@@ -49,8 +49,14 @@ def test_round_trip_is_exact(tmp_path, head):
   save_model(tmp_path / "m", model, class_names=NAMES, source=source)
 
   loaded, metadata = load_model(tmp_path / "m")
-  assert metadata["model_config"] == {"depth": 18, "head": head, "num_classes": 309, "width": 4,
-                                      "num_clusters": 16, "dtype": "float32"}
+  assert metadata["model_config"] == {
+    "depth": 18,
+    "head": head,
+    "num_classes": 309,
+    "width": 4,
+    "num_clusters": 16,
+    "dtype": "float32",
+  }
   assert metadata["class_names"] == list(NAMES)
   assert metadata["source"] == source
   assert load_metadata(tmp_path / "m") == metadata

@@ -1,1 +1,0 @@
-"""Experiment configs: `base.py` holds the shared recipe, one small file per experiment."""
