@@ -19,6 +19,8 @@ import sys
 
 from absl import app, flags
 
+from vggsound_jax.cli import common
+
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Directory with vggsound.csv and the clips.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write to.")
 _CONFIG = flags.DEFINE_enum("config", "full", ["full", "common", "synthetic"], "Builder config.")
@@ -69,4 +71,4 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   flags.mark_flag_as_required("data_dir")
-  app.run(main)
+  common.run_app(main)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from absl import app, flags
 
+from vggsound_jax.cli import common
+
 if TYPE_CHECKING:
   import numpy as np
 
@@ -106,4 +108,4 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   flags.mark_flag_as_required("checkpoint")
-  app.run(main)
+  common.run_app(main)

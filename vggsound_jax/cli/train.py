@@ -42,4 +42,4 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  common.run_app(main)
