@@ -87,10 +87,15 @@ def main(argv):
     print(f"train loader (10 s clips, batch {_BATCH_SIZE.value}):")
     source = input_pipeline.data_source(data_dir, "train")
     for workers in (int(w) for w in _LOADER_WORKERS.value):
-      loader = input_pipeline.train_loader(
-        source, global_batch_size=_BATCH_SIZE.value, seed=0, worker_count=workers, shard_index=0, shard_count=1
+      iterator = input_pipeline.train_batches(
+        source,
+        global_batch_size=_BATCH_SIZE.value,
+        seed=0,
+        rows=range(_BATCH_SIZE.value),
+        start_step=0,
+        num_steps=_BATCHES.value + 1,
+        worker_count=workers,
       )
-      iterator = iter(loader)
       next(iterator)  # start-up (worker processes) is not throughput
       start = time.perf_counter()
       for _ in range(_BATCHES.value):

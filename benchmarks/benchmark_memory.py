@@ -56,8 +56,11 @@ def child(length: int, width: int, num_samples: int) -> dict:
   model.eval()
   graphdef, state = split_model(model)
   eval_step = evaluation.make_eval_step(graphdef, mesh)
-  batches = input_pipeline.eval_loader(
-    GeneratedClips(length, num_samples), global_batch_size=_BATCH, num_samples=num_samples
+  batches = input_pipeline.eval_batches(
+    GeneratedClips(length, num_samples),
+    global_batch_size=_BATCH,
+    rows=sharding.process_rows(mesh, _BATCH),
+    num_samples=num_samples,
   )
   predictions = evaluation.predict(eval_step, jax.device_put(state, sharding.replicated(mesh)), batches, mesh)
   streaming_peak = _peak_rss_mb()

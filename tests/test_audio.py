@@ -1,9 +1,14 @@
-"""Decoding to 16 kHz mono int16, and tiling to the 10 s clip."""
+"""Decoding to 16 kHz mono int16, and tiling to the 10 s clip; files that are not audio, or
+hostile, are one line each, refused before they cost memory or time."""
+
+import os
+import struct
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from vggsound_jax import audio
 from vggsound_jax.audio import CLIP_SAMPLES, AudioDecodeError, decode_audio, load_clip, to_clip
 from vggsound_jax.testing.media import write_mp4
 
@@ -83,3 +88,92 @@ def test_load_clip(tmp_path):
   clip = load_clip(tmp_path / "c.wav")
   assert clip.shape == (CLIP_SAMPLES,)
   np.testing.assert_array_equal(clip[: x.size], x)
+
+
+def test_any_file_name_works(tmp_path):
+  x = _tone(0.5)
+  for ext in ("wav", "mp4"):  # soundfile and PyAV
+    name = tmp_path / os.fsdecode(b"caf\xe9 \xff." + ext.encode())
+    if ext == "wav":
+      sf.write(os.fsencode(name), x, FS, subtype="PCM_16")
+      np.testing.assert_array_equal(decode_audio(name), x)
+    else:
+      write_mp4(tmp_path / "v.mp4", x)
+      os.rename(tmp_path / "v.mp4", name)
+      assert abs(decode_audio(name).size - x.size) <= 2048
+
+
+def test_what_is_not_a_readable_file_is_named(tmp_path):
+  (tmp_path / "folder.wav").mkdir()
+  os.mkfifo(tmp_path / "pipe.wav")  # reading it would block forever
+  for name, problem in (("folder.wav", "is a directory"), ("pipe.wav", "not a regular file")):
+    with pytest.raises(AudioDecodeError) as e:
+      decode_audio(tmp_path / name)
+    assert str(e.value) == f"{tmp_path / name}: {problem}"
+
+
+def _forbid_decoding(monkeypatch):
+  def forbidden(*args, **kwargs):
+    raise AssertionError("decoding started")
+
+  monkeypatch.setattr(audio.av, "AudioResampler", forbidden)
+  monkeypatch.setattr(audio.sf, "read", forbidden)
+
+
+def test_absurd_headers_are_refused_before_decoding(tmp_path, monkeypatch):
+  # 64 KB whose header claims 1 Hz: 9 hours, which resampled to 16 kHz would take 3.3 GB.
+  sf.write(tmp_path / "one_hz.wav", np.zeros(32000, np.int16), FS, subtype="PCM_16")
+  data = bytearray((tmp_path / "one_hz.wav").read_bytes())
+  data[24:32] = struct.pack("<II", 1, 2)  # sample rate, bytes per second
+  (tmp_path / "one_hz.wav").write_bytes(bytes(data))
+  (tmp_path / "one_hz.bin").write_bytes(bytes(data))  # the same bytes, found by PyAV
+  sf.write(tmp_path / "fast.wav", np.zeros(100, np.int16), audio.MAX_SAMPLE_RATE + 1000, subtype="PCM_16")
+  sf.write(tmp_path / "many.wav", np.zeros((100, audio.MAX_CHANNELS + 1), np.int16), FS, subtype="PCM_16")
+  _forbid_decoding(monkeypatch)
+  for name, problem in (
+    ("one_hz.wav", "sample rate 1 Hz is outside 1000-768000 Hz"),
+    ("one_hz.bin", "sample rate 1 Hz is outside 1000-768000 Hz"),
+    ("fast.wav", "sample rate 769000 Hz is outside 1000-768000 Hz"),
+    ("many.wav", "65 channels (1 to 64 are read)"),
+  ):
+    with pytest.raises(AudioDecodeError) as e:
+      decode_audio(tmp_path / name)
+    assert str(e.value) == f"{tmp_path / name}: {problem}"
+
+
+@pytest.mark.parametrize("subtype,value", [("FLOAT", np.nan), ("DOUBLE", np.inf), ("FLOAT", -np.inf)])
+def test_non_finite_samples_are_a_bad_clip(tmp_path, subtype, value):
+  x = _tone(0.5).astype(np.float32) / 32768
+  x[1234] = value
+  sf.write(tmp_path / "f.wav", x, FS, subtype=subtype)
+  with pytest.raises(AudioDecodeError, match="non-finite samples"):
+    decode_audio(tmp_path / "f.wav")
+  x[1234] = 0.0  # the same file, finite, decodes
+  sf.write(tmp_path / "f.wav", x, FS, subtype=subtype)
+  assert decode_audio(tmp_path / "f.wav").size == x.size
+
+
+def test_a_build_skips_and_counts_non_finite_clips(tmp_path):
+  from vggsound_jax.datasets.vggsound import _decode_job
+
+  x = np.zeros(FS, np.float32)
+  x[5] = np.nan
+  sf.write(tmp_path / "nan.wav", x, FS, subtype="FLOAT")
+  assert _decode_job(str(tmp_path / "nan.wav")) == (None, "non-finite samples")
+
+
+def test_only_the_first_max_seconds_are_decoded(tmp_path):
+  x = _tone(3.0, fs=44100, channels=2)
+  sf.write(tmp_path / "s.wav", x, 44100, subtype="PCM_16")
+  whole = decode_audio(tmp_path / "s.wav")
+  first = decode_audio(tmp_path / "s.wav", max_seconds=1.0)
+  # The same samples as decoding everything: the resampler is flushed well past the cut.
+  np.testing.assert_array_equal(first, whole[:FS])
+  native = _tone(3.0)
+  sf.write(tmp_path / "n.wav", native, FS, subtype="PCM_16")
+  np.testing.assert_array_equal(decode_audio(tmp_path / "n.wav", max_seconds=0.5), native[: FS // 2])
+  # The default cap, and the 10 s that the model sees.
+  long = np.tile(native, int(audio.MAX_SECONDS // 3) + 2)
+  sf.write(tmp_path / "long.wav", long, FS, subtype="PCM_16")
+  assert decode_audio(tmp_path / "long.wav").size == audio.MAX_SECONDS * FS
+  np.testing.assert_array_equal(load_clip(tmp_path / "long.wav"), long[:CLIP_SAMPLES])

@@ -1,14 +1,29 @@
 """The experiment configs: the paper's table, the demo, overrides as the commands take them."""
 
+import re
+
 import pytest
 from flax import nnx
 
-from vggsound_jax import optimizers
+from vggsound_jax import default_config, optimizers
+from vggsound_jax.errors import ConfigError
 from vggsound_jax.models import ModelConfig, build_model
 
-# The paper's ResNet rows, written out independently of configs/paper.py: depth, head,
-# trained on (builder config), tested on (split), reported mAP, AUC, d'.
+# The paper's rows, written out independently of configs/paper.py: depth, head (None for
+# VGGish), trained on (builder config), tested on (split), reported mAP, AUC, d'.
+VGGISH_ROWS = {
+  "A": (None, None, "common", "astest", 0.286, 0.899, 1.803),
+  "B": (None, None, "common", "astest", 0.326, 0.916, 1.950),
+  "C": (None, None, "common", "astest", 0.301, 0.910, 1.900),
+}
+# Rows A-C: trained on (builder), output, initialised from (the converted VGGish weights or random).
+VGGISH_TRAINING = {
+  "A": ("audioset", "sigmoid", "models/vggish"),
+  "B": ("vggsound", "softmax", "models/vggish"),
+  "C": ("vggsound", "softmax", ""),
+}
 ROWS = {
+  **VGGISH_ROWS,
   "D": (18, "avgpool", "common", "astest", 0.328, 0.923, 2.024),
   "E": (18, "vlad", "common", "astest", 0.369, 0.927, 2.058),
   "F": (18, "avgpool", "full", "astest", 0.404, 0.944, 2.253),
@@ -26,14 +41,32 @@ ROWS = {
 def test_paper_row_matches_the_table_and_builds_its_model(row, load_config):
   depth, head, data_config, split, m_ap, m_auc, d_prime = ROWS[row]
   config = load_config(f"configs/paper.py:{row}")
-  assert (config.model.depth, config.model.head, config.data.config) == (depth, head, data_config)
+  if row in VGGISH_ROWS:
+    assert config.model.arch == "vggish" and config.data.config == data_config
+  else:
+    assert config.model.arch == "resnet" and config.init_from == ""
+    assert (config.model.depth, config.model.head, config.data.config) == (depth, head, data_config)
   assert tuple(config.eval.splits) == (split,)
   assert config.model.width == 64 and config.model.dtype == "bfloat16"
   assert dict(config.reported) == {"row": row, "mAP": m_ap, "mAUC": m_auc, "d_prime": d_prime}
   model_cfg = ModelConfig.from_config(config.model, num_classes=309)
   # Shapes only: building the real parameters of ResNet-50 would take long on CPU.
   abstract = nnx.eval_shape(lambda: build_model(model_cfg))
-  assert abstract.fc.kernel.shape == (model_cfg.embedding_dim, 309)
+  classifier = abstract.classifier if row in VGGISH_ROWS else abstract.fc
+  assert classifier.kernel.shape == (model_cfg.embedding_dim, 309)
+
+
+@pytest.mark.parametrize("row", sorted(VGGISH_TRAINING))
+def test_vggish_rows_train_as_documented(row, load_config):
+  train_dataset, output, init_from = VGGISH_TRAINING[row]
+  config = load_config(f"configs/paper.py:{row}")
+  assert (config.data.train_dataset, config.model.output, config.init_from) == (train_dataset, output, init_from)
+  assert config.model.embedding_relu and config.model.patch_aggregation == "mean"
+  assert config.augment.freq_masks == config.augment.time_masks == 0  # no SpecAugment on log-mel patches
+  assert (config.optimizer.name, config.optimizer.learning_rate) == ("adamw", 1e-4)
+  if train_dataset == "audioset":
+    assert config.data.train_split == "balanced_train+unbalanced_train" and config.label_smoothing == 0
+  default_config.validate(config)
 
 
 @pytest.mark.parametrize("row", sorted(ROWS))
@@ -63,3 +96,24 @@ def test_demo_is_small_and_synthetic(load_config):
   assert config.model.width <= 16 and 0 < config.num_train_steps <= 1000
   assert optimizers.num_train_steps(config, 288) == config.num_train_steps
   assert not config.reported
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("batch_size", 0, "config.batch_size: 0 must be positive"),
+    ("model.head", "max", "config.model.head: 'max' is not one of avgpool, vlad"),
+    ("model.depth", 20, "config.model.depth: 20 is not one of 18, 34, 50"),
+    ("nonfinite", "ignore", "config.nonfinite: 'ignore' is not one of stop, skip"),
+    ("data.crop_samples", 100, "config.data.crop_samples: 100 is not in"),
+  ],
+)
+def test_invalid_values_name_their_field(field, value, message, load_config):
+  config = load_config("configs/demo.py", f"{field}={value}")
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    default_config.validate(config)
+
+
+def test_the_paper_rows_and_the_demo_are_valid(load_config):
+  for spec in ["configs/demo.py"] + [f"configs/paper.py:{row}" for row in ROWS]:
+    default_config.validate(load_config(spec))

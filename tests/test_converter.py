@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vggsound_jax import labels
-from vggsound_jax.model_dir import load_model
+from vggsound_jax.model_dir import ModelCheckpointError, load_model
 from vggsound_jax.pytorch_conversion import ConversionError, convert, flax_model_from_state_dict
 from vggsound_jax.testing import torch_reference
 from vggsound_jax.torch_pickle import TorchCheckpointError
@@ -56,7 +56,8 @@ def test_converted_model_matches_pytorch(tmp_path, depth, head, width, legacy):
     convert(checkpoint, output)
 
   model, metadata = load_model(output)
-  assert metadata["model_config"] == dict(
+  config = metadata["model_config"]
+  assert {k: config[k] for k in ("depth", "head", "num_classes", "width", "num_clusters", "dtype")} == dict(
     depth=depth, head=head, num_classes=309, width=width, num_clusters=16, dtype="float32"
   )
   assert metadata["class_names"] == list(labels.class_names())
@@ -194,15 +195,78 @@ def test_unknown_depth_is_named(tmp_path):
     convert(checkpoint, tmp_path / "out")
 
 
-def test_existing_output_is_not_overwritten(tmp_path):
+def _tree(path):
+  """Every file under `path` (or the file itself) with its bytes: what must survive a refusal."""
+  path = Path(path)
+  if path.is_file():
+    return {path: path.read_bytes()}
+  return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(name="tiny_checkpoint")
+def tiny_checkpoint_fixture(tmp_path):
   checkpoint = tmp_path / "model.pth.tar"
   torch_reference.save_release_style(_random_torch_model(18, "avgpool", 4, seed=0), checkpoint, legacy=False)
-  output = tmp_path / "model"
-  output.mkdir()
-  (output / "keep.txt").write_text("mine")
-  result = _run_cli("--input", checkpoint, "--output", output)
-  assert result.returncode != 0 and "already exists" in result.stderr
-  assert (output / "keep.txt").read_text() == "mine"
-  result = _run_cli("--input", checkpoint, "--output", output, "--overwrite")
+  return checkpoint
+
+
+def test_overwrite_replaces_only_a_model_directory_it_wrote(tmp_path, tiny_checkpoint, monkeypatch):
+  output = tmp_path / "out" / "model"
+  result = _run_cli("--input", tiny_checkpoint, "--output", output)
   assert result.returncode == 0, result.stderr
-  assert load_model(output)[1]["source"]["file"] == checkpoint.name
+  assert result.stderr == ""  # no library INFO lines
+  with pytest.raises(ModelCheckpointError, match=r"already exists \(pass --overwrite"):
+    convert(tiny_checkpoint, output)
+  result = _run_cli("--input", tiny_checkpoint, "--output", output, "--overwrite")
+  assert result.returncode == 0, result.stderr
+  assert load_model(output)[1]["source"]["file"] == tiny_checkpoint.name
+  assert sorted(p.name for p in output.parent.iterdir()) == ["model"]  # no scratch left
+
+  # Everything else is refused, before the checkpoint is read, and left as it was.
+  foreign = tmp_path / "photos"
+  foreign.mkdir()
+  (foreign / "cat.jpg").write_bytes(b"meow")
+  (tmp_path / "notes.txt").write_text("mine")
+  monkeypatch.chdir(output)
+  refused = {
+    ".": "current directory",
+    "..": "current directory",
+    str(tmp_path): "current directory",
+    str(foreign): "not a model directory written by vggsound-jax",
+    str(tmp_path / "notes.txt"): "is a file",
+  }
+  everything = _tree(tmp_path)
+  for target, reason in refused.items():
+    with pytest.raises(ModelCheckpointError, match=reason) as error:
+      convert(tmp_path / "missing.pth", target, overwrite=True)  # the input is never opened
+    assert len(str(error.value).splitlines()) == 1
+  result = _run_cli("--input", tiny_checkpoint, "--output", ".", "--overwrite")
+  assert result.returncode != 0 and "current directory" in result.stderr
+  assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+  assert _tree(tmp_path) == everything
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+  state = _random_torch_model(18, "vlad", 4, seed=2).state_dict()
+  state["audnet.layer3.1.bn2.running_var"][3] = float("nan")
+  state["audnet.avgpool.centroids"][0, :2] = float("inf")
+  checkpoint = tmp_path / "diverged.pth.tar"
+  torch.save({"epoch": 9, "model_state_dict": state}, checkpoint)
+  with pytest.raises(ConversionError) as error:
+    convert(checkpoint, tmp_path / "out_api")
+  message = str(error.value)
+  assert message.startswith(f"{checkpoint}: NaN or inf in ")
+  assert "audnet.layer3.1.bn2.running_var (1 of 16 values)" in message
+  assert "audnet.avgpool.centroids (2 of 512 values)" in message
+  result = _run_cli("--input", checkpoint, "--output", tmp_path / "out_cli")
+  assert result.returncode == 1 and result.stderr.count("\n") == 1
+  assert "audnet.layer3.1.bn2.running_var" in result.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.name]  # nothing written
+
+
+def test_debug_shows_the_traceback_and_verbosity_the_logs(tmp_path, tiny_checkpoint):
+  result = _run_cli("--input", tmp_path / "missing.pth", "--output", tmp_path / "out", "--debug")
+  assert result.returncode != 0 and "Traceback" in result.stderr and "missing.pth: no such file" in result.stderr
+  result = _run_cli("--input", tiny_checkpoint, "--output", tmp_path / "out", "--verbosity", "0")
+  assert result.returncode == 0, result.stderr
+  assert "INFO" in result.stderr  # what the quiet default hides

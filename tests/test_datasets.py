@@ -1,10 +1,13 @@
 """The TFDS builder `vggsound` over a manual_dir of fixture clips made on the fly."""
 
+import codecs
 import csv
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from vggsound_jax.audio import SAMPLE_RATE
 from vggsound_jax.datasets import synthetic, vggsound
+from vggsound_jax.errors import PathError
 from vggsound_jax.labels import class_names
 from vggsound_jax.testing.media import write_mp4
 
@@ -195,8 +199,8 @@ def test_common_config_keeps_only_common_classes(built):
 
 def test_build_is_skipped_when_already_prepared(built):
   data, report, _ = built
-  again = vggsound.build(data, manual_dir="/nonexistent", num_workers=1)
-  assert again == report
+  assert vggsound.build(data, manual_dir=data.parent / "manual", num_workers=1) == report  # same inputs
+  assert vggsound.build(data, num_workers=1) == report  # no manual_dir: nothing to compare with
 
 
 @pytest.mark.parametrize(
@@ -232,6 +236,7 @@ def test_bad_csv_stops_the_build_before_decoding(tmp_path, monkeypatch):
   with pytest.raises(vggsound.ClipListError, match=r"vggsound.csv:2: unknown label 'nope'"):
     vggsound.build(tmp_path / "data", manual_dir=manual, num_workers=1)
   assert decoded == []
+  assert not (tmp_path / "data" / "vggsound" / "full").exists()  # nothing left of the failed build
 
 
 def test_no_matching_files_is_a_one_line_error(tmp_path):
@@ -360,3 +365,163 @@ def test_script_prints_one_summary_and_does_not_rebuild(tmp_path):
   assert second.returncode == 0, second.stderr[-2000:]
   assert "vggsound/full is already built" in second.stdout
   assert (second.stdout + second.stderr).count("vggsound/full: 1 clips written, 1 skipped") == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Lists with a byte-order mark or in another encoding; builds from other inputs; killed builds;
+# temporary directories.
+
+
+def test_lists_with_a_byte_order_mark_keep_their_first_line(tmp_path):
+  (tmp_path / "vggsound.csv").write_bytes(codecs.BOM_UTF8 + f"a,1,{LABEL_A},train\nb,2,{LABEL_B},test\n".encode())
+  (tmp_path / "AStest.csv").write_bytes(codecs.BOM_UTF8 + f"a_000001.mp4,{LABEL_A}\n".encode())
+  (tmp_path / "Common.txt").write_bytes(codecs.BOM_UTF8 + f"{LABEL_A}\n".encode())
+  rows = vggsound.read_clip_list(tmp_path / "vggsound.csv", NAMES).rows
+  assert [(r.youtube_id, r.line) for r in rows] == [("a", 1), ("b", 2)]
+  assert vggsound.read_astest(tmp_path / "AStest.csv") == {"a_000001"}
+  assert vggsound.read_common(tmp_path / "Common.txt", NAMES) == {LABEL_A}
+
+
+@pytest.mark.parametrize(
+  "data, message",
+  [
+    (f"a,1,{LABEL_A},train\nb,2,caf\xe9,train\n".encode("latin-1"), ":2: not UTF-8 text (byte 0xe9 at column 8)"),
+    (f"a,1,{LABEL_A},train\n".encode("utf-16"), ":1: UTF-16 text; save it as UTF-8"),
+  ],
+  ids=["latin-1", "utf-16"],
+)
+def test_a_list_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, data, message):
+  (tmp_path / "vggsound.csv").write_bytes(data)
+  with pytest.raises(vggsound.ClipListError) as e:
+    vggsound.read_clip_list(tmp_path / "vggsound.csv", NAMES)
+  assert str(e.value) == f"{tmp_path / 'vggsound.csv'}{message}"
+
+
+def test_building_again_from_other_inputs_is_an_error_until_overwrite(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  _write(manual / "a_000001.wav", _signal(0.5, seed=1))
+  _write(manual / "b_000002.wav", _signal(0.5, seed=2))
+  _write_csv(manual / "vggsound.csv", [["a", 1, LABEL_A, "train"], ["b", 2, LABEL_B, "test"]])
+  report = vggsound.build(data, manual_dir=manual, num_workers=1)
+  assert set(report.inputs) == {"vggsound.csv", "AStest.csv", "clip files", "archives"}
+  assert report.inputs["clip files"]["count"] == 2 and report.inputs["AStest.csv"] is None
+  assert vggsound.build(data, manual_dir=manual, num_workers=1) == report  # the same inputs: kept
+
+  with open(manual / "vggsound.csv", "a", newline="") as f:
+    csv.writer(f).writerow(["c", 3, LABEL_A, "train"])
+  with pytest.raises(vggsound.InputsChangedError) as e:
+    vggsound.build(data, manual_dir=manual, num_workers=1)
+  dataset_dir = data / "vggsound" / "full" / vggsound.DATASET_VERSION
+  assert str(e.value) == (
+    f"{dataset_dir}: vggsound/full here was built from other inputs than {manual}:"
+    " vggsound.csv changed; rebuild it with --overwrite"
+  )
+  _write(manual / "c_000003.wav", _signal(0.7, seed=3))
+  _write_csv(manual / "AStest.csv", [["b_000002.wav", LABEL_B]])
+  with pytest.raises(
+    vggsound.InputsChangedError,
+    match=r"AStest.csv \(absent then, present now\), clip files \(2 then, 3 now\), vggsound.csv changed",
+  ):
+    vggsound.build(data, manual_dir=manual, num_workers=1)
+
+  # Through the command: one line, and --overwrite rebuilds from the new inputs.
+  args = ("--manual_dir", str(manual), "--data_dir", str(data), "--num_workers", "1")
+  result = _run_script(*args)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {dataset_dir}: vggsound/full here was built from")
+  result = _run_script(*args, "--overwrite")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "vggsound/full: 4 clips written, 0 skipped" in result.stdout  # astest repeats b
+  assert set(_read_all(data, "full", "train")) == {"a_000001", "c_000003"}
+  assert set(_read_all(data, "full", "astest")) == {"b_000002"}
+  os.utime(manual / "a_000001.wav", ns=(1, 1))  # a clip file touched: its time changed
+  with pytest.raises(vggsound.InputsChangedError, match=": clip files changed;"):
+    vggsound.build(data, manual_dir=manual, num_workers=1)
+
+
+def test_the_synthetic_config_records_its_seed_and_sizes(tmp_path):
+  sizes = {"train": 1, "test": 1}
+  config = vggsound.VggsoundConfig(name="tiny", source="synthetic", synthetic_clips_per_class=sizes)
+  report = vggsound.build(tmp_path, config=config)
+  assert report.inputs == {"synthetic seed": synthetic.DEFAULT_SEED, "synthetic clips per class": sizes}
+  other = vggsound.VggsoundConfig(name="tiny", source="synthetic", synthetic_seed=5, synthetic_clips_per_class=sizes)
+  with pytest.raises(vggsound.InputsChangedError, match="than the synthetic config: synthetic seed changed"):
+    vggsound.build(tmp_path, config=other)
+
+
+_KILLED_BUILD = """
+import sys, time
+from vggsound_jax.datasets import vggsound
+vggsound.audio_lib.decode_audio = lambda *a, **k: time.sleep(600)  # stuck mid-build until killed
+vggsound.build(sys.argv[1], manual_dir=sys.argv[2], num_workers=1)
+"""
+
+
+def test_what_a_killed_build_leaves_is_removed_by_the_next(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  _write(manual / "a_000001.wav", _signal(0.5))
+  _write_csv(manual / "vggsound.csv", [["a", 1, LABEL_A, "train"]])
+  config_dir = data / "vggsound" / "full"
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(data), str(manual)], env=env)
+  try:
+    deadline = time.monotonic() + 120
+    while not list(config_dir.glob("incomplete.*")) and time.monotonic() < deadline and proc.poll() is None:
+      time.sleep(0.1)
+  finally:
+    proc.kill()
+    proc.wait()
+  (left,) = config_dir.glob("incomplete.*")
+  # Not TFDS's own incomplete builds of this config and version: kept.
+  keep = tmp_path / "keep"
+  keep.mkdir()
+  (keep / "file").write_text("mine")
+  foreign = [
+    config_dir / "incomplete.mine",
+    config_dir / "incomplete.ABC123_9.9.9",
+    config_dir / "incomplete.XYZ789_1.0.0",
+  ]
+  foreign[0].mkdir()
+  foreign[1].mkdir()
+  foreign[2].symlink_to(keep)
+
+  report = vggsound.build(data, manual_dir=manual, num_workers=1)
+  assert report.removed_leftovers == [str(left)] and not left.exists()
+  assert all(p.exists() for p in foreign) and (keep / "file").read_text() == "mine"
+  assert "removed what 1 interrupted builds left" in report.summary()
+  assert set(_read_all(data, "full", "train")) == {"a_000001"}
+
+
+def test_a_second_build_of_a_config_fails_while_one_runs(tmp_path):
+  config_dir = tmp_path / "vggsound" / "synthetic"
+  config_dir.mkdir(parents=True)
+  fd = os.open(config_dir, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a build in progress holds it
+    with pytest.raises(PathError, match="another build of vggsound/synthetic is running into it"):
+      vggsound.build(tmp_path, config="synthetic")
+  finally:
+    os.close(fd)
+  assert list(config_dir.iterdir()) == []
+
+
+def test_a_build_leaves_no_temporary_directory(tmp_path):
+  (tmp_path / "tmp").mkdir()
+  env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+  _write(tmp_path / "manual" / "a_000001.wav", _signal(0.5))
+  _write(tmp_path / "manual" / "b_000002.wav", _signal(0.5))
+  _write_csv(tmp_path / "manual" / "vggsound.csv", [["a", 1, LABEL_A, "train"], ["b", 2, LABEL_A, "test"]])
+  result = subprocess.run(
+    [sys.executable, str(REPO / "scripts" / "build_dataset.py"), "--manual_dir", str(tmp_path / "manual")]
+    + ["--data_dir", str(tmp_path / "data"), "--num_workers", "2"],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert list((tmp_path / "tmp").iterdir()) == []
+  directories = sorted(
+    p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data").rglob("*") if p.is_dir()
+  )
+  assert directories == ["vggsound", "vggsound/.config", "vggsound/full", "vggsound/full/1.0.0"]

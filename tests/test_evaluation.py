@@ -40,7 +40,9 @@ def model():
 def predictions(source, model):
   mesh = sharding.make_mesh()  # 8 CPU devices (conftest.py), a batch of 8: one clip each
   graphdef, state = split_model(model)
-  batches = input_pipeline.eval_loader(source, global_batch_size=8, num_samples=8000)
+  batches = input_pipeline.eval_batches(
+    source, global_batch_size=8, rows=sharding.process_rows(mesh, 8), num_samples=8000
+  )
   return evaluation.predict(evaluation.make_eval_step(graphdef, mesh), state, batches, mesh)
 
 
@@ -69,7 +71,7 @@ def test_duplicates_are_an_error(model):
 
 def test_files_written(tmp_path, source, predictions):
   out = tmp_path / "eval" / "test"
-  metrics = evaluation.write_results(out, predictions, NAMES, source=source, export_clip_npy=True)
+  metrics = evaluation.write_results(out, predictions, NAMES, export_clip_npy=True)
 
   stored = json.loads((out / "metrics.json").read_text())
   assert set(stored) == {"mAP", "mAUC", "d_prime", "top1", "top5", "num_clips", "classes_left_out"}

@@ -1,11 +1,10 @@
-"""Grain loaders: determinism, resume, shards, padded evaluation; TFDS source without TF."""
+"""Grain batches: defined by global position, so independent of processes, workers and restarts."""
 
-import gc
-import itertools
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,10 @@ import pytest
 
 from vggsound_jax import input_pipeline
 from vggsound_jax.audio import to_clip
+from vggsound_jax.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
 NUM_SAMPLES = 1600  # short clips keep the tests fast; tiling is the same at any length
+BATCH = 4
 
 
 def _source(n=12):
@@ -23,18 +23,14 @@ def _source(n=12):
   return [{"audio": (np.arange(100 + 37 * i) * (i + 1) % 30000).astype(np.int16), "label": i} for i in range(n)]
 
 
-def _train(source, **kwargs):
-  kwargs = {"global_batch_size": 4, "seed": 7, "num_samples": NUM_SAMPLES, "shard_index": 0, "shard_count": 1, **kwargs}
-  return input_pipeline.train_loader(source, **kwargs)
-
-
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
+def _train(source, *, steps=8, start_step=0, rows=range(BATCH), **kwargs):
+  kwargs = {"global_batch_size": BATCH, "seed": 7, "num_samples": NUM_SAMPLES, **kwargs}
+  return list(input_pipeline.train_batches(source, rows=list(rows), start_step=start_step, num_steps=steps, **kwargs))
 
 
 def _assert_same_batches(a, b):
   assert len(a) == len(b)
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     assert x.keys() == y.keys()
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
@@ -42,125 +38,102 @@ def _assert_same_batches(a, b):
 
 def test_train_batches_are_tiled_examples_with_the_contract_dtypes():
   source = _source()
-  batch = next(iter(_train(source)))
-  assert batch["audio"].shape == (4, NUM_SAMPLES) and batch["audio"].dtype == np.int16
-  assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
-  for audio, label in zip(batch["audio"], batch["label"]):
+  batch = _train(source, steps=1)[0]
+  assert batch["audio"].shape == (BATCH, NUM_SAMPLES) and batch["audio"].dtype == np.int16
+  assert batch["label"].shape == (BATCH,) and batch["label"].dtype == np.int32
+  for audio, label in zip(batch["audio"], batch["label"], strict=True):
     np.testing.assert_array_equal(audio, to_clip(source[label]["audio"], NUM_SAMPLES))
 
 
 def test_random_crop_is_a_window_of_the_tiled_clip():
   source = _source()
-  batches = _take(iter(_train(source, crop_samples=500)), 6)
   starts = set()
-  for batch in batches:
-    assert batch["audio"].shape == (4, 500)
-    for audio, label in zip(batch["audio"], batch["label"]):
+  for batch in _train(source, steps=6, crop_samples=500):
+    assert batch["audio"].shape == (BATCH, 500)
+    for audio, label in zip(batch["audio"], batch["label"], strict=True):
       clip = to_clip(source[label]["audio"], NUM_SAMPLES)
       windows = np.lib.stride_tricks.sliding_window_view(clip, 500)
       match = np.flatnonzero((windows == audio).all(axis=1))
       assert match.size >= 1
       starts.add(int(match[0]))
   assert len(starts) > 5  # offsets really are random
-  with pytest.raises(ValueError, match="crop_samples"):
+  with pytest.raises(ConfigError, match="crop_samples"):
     _train(source, crop_samples=NUM_SAMPLES + 1)
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
   source = _source()
-  a = _take(iter(_train(source, crop_samples=300)), 8)
-  b = _take(iter(_train(source, crop_samples=300)), 8)
-  c = _take(iter(_train(source, crop_samples=300, seed=8)), 8)
+  a, b = _train(source, crop_samples=300), _train(source, crop_samples=300)
+  c = _train(source, crop_samples=300, seed=8)
   _assert_same_batches(a, b)
-  assert any(not np.array_equal(x["label"], y["label"]) for x, y in zip(a, c))
+  assert any(not np.array_equal(x["label"], y["label"]) for x, y in zip(a, c, strict=True))
 
 
 def test_epochs_cover_everything_and_reshuffle():
-  source = _source(12)
-  labels = [b["label"] for b in _take(iter(_train(source)), 9)]
+  labels = [b["label"] for b in _train(_source(12), steps=9)]
   epochs = [np.concatenate(labels[i : i + 3]) for i in range(0, 9, 3)]
   for epoch in epochs:
     assert sorted(epoch.tolist()) == list(range(12))
   assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
 
 
-@pytest.mark.parametrize("stop_after", [2, 4])  # mid-epoch, and across the epoch boundary
-def test_resume_from_state_continues_identically(stop_after):
+@pytest.mark.parametrize("start_step", [2, 4])  # mid-epoch, and across the epoch boundary
+def test_starting_at_a_step_continues_identically(start_step):
   source = _source(12)
-  reference = _take(iter(_train(source, crop_samples=400)), stop_after + 4)
-  first = iter(_train(source, crop_samples=400))
-  _take(first, stop_after)
-  state = first.get_state()
-  resumed = iter(_train(source, crop_samples=400))  # a new loader, as after a restart
-  resumed.set_state(state)
-  _assert_same_batches(_take(resumed, 4), reference[stop_after:])
+  reference = _train(source, steps=start_step + 4, crop_samples=400)
+  resumed = _train(source, start_step=start_step, steps=start_step + 4, crop_samples=400)  # as after a restart
+  _assert_same_batches(resumed, reference[start_step:])
 
 
-@pytest.mark.parametrize("shard_count", [2, 3])
-def test_shards_are_disjoint_and_cover_the_data(shard_count):
-  n, local_batch = 12, 2
-  source = _source(n)
-  per_shard = n // shard_count
-  seen = []
-  for shard in range(shard_count):
-    loader = _train(source, global_batch_size=local_batch * shard_count, shard_index=shard, shard_count=shard_count)
-    batches = _take(iter(loader), per_shard // local_batch)
-    assert all(b["label"].shape == (local_batch,) for b in batches)
-    labels = np.concatenate([b["label"] for b in batches]).tolist()
-    assert len(set(labels)) == per_shard  # one epoch of this shard, no repeats
-    seen.append(set(labels))
-  for a, b in itertools.combinations(seen, 2):
-    assert not a & b
-  assert set().union(*seen) == set(range(n))
+@pytest.mark.parametrize("split", [[[0, 1], [2, 3]], [[0], [1], [2], [3]]])
+def test_processes_reading_their_rows_make_the_same_global_batches(split):
+  """However the rows are split between processes, together they read the one-process batches."""
+  source = _source(12)
+  whole = _train(source, crop_samples=300)
+  parts = [_train(source, rows=rows, crop_samples=300) for rows in split]
+  for step, batch in enumerate(whole):
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([p[step][key] for p in parts]), batch[key])
 
 
-def test_batch_size_must_split_over_shards():
-  with pytest.raises(ValueError, match="multiple of the shard count"):
-    _train(_source(), global_batch_size=5, shard_count=2)
+def test_loader_workers_change_nothing():
+  source = _source(12)
+  reference = _train(source, steps=6, crop_samples=300)
+  _assert_same_batches(_train(source, steps=6, crop_samples=300, worker_count=2), reference)
+  _assert_same_batches(_train(source, steps=6, crop_samples=300, worker_count=3, start_step=2), reference[2:])
 
 
-@pytest.mark.parametrize("n, global_batch, shard_count", [(10, 4, 1), (10, 4, 2), (7, 6, 3), (8, 4, 2)])
-def test_eval_visits_every_example_once_with_a_mask(n, global_batch, shard_count):
+def test_bad_batch_sizes_are_config_errors():
+  with pytest.raises(ConfigError, match="batch_size"):
+    _train(_source(), global_batch_size=0, rows=[0])
+  with pytest.raises(ValueError, match="not rows of a global batch"):
+    _train(_source(), rows=[3, 4])
+
+
+@pytest.mark.parametrize(
+  "n, global_batch, split",
+  [(10, 4, [[0, 1, 2, 3]]), (10, 4, [[0, 1], [2, 3]]), (7, 6, [[0, 1], [2, 3], [4, 5]]), (8, 4, [[0, 1], [2, 3]])],
+)
+def test_eval_visits_every_example_once_with_a_mask(n, global_batch, split):
   source = _source(n)
   steps = -(-n // global_batch)
   indices = []
-  for shard in range(shard_count):
+  for rows in split:
     batches = list(
-      input_pipeline.eval_loader(
-        source, global_batch_size=global_batch, num_samples=NUM_SAMPLES, shard_index=shard, shard_count=shard_count
-      )
+      input_pipeline.eval_batches(source, global_batch_size=global_batch, rows=rows, num_samples=NUM_SAMPLES)
     )
     assert len(batches) == steps  # every process runs the same number of steps
     for b in batches:
-      local = global_batch // shard_count
-      assert b["audio"].shape == (local, NUM_SAMPLES) and b["audio"].dtype == np.int16
+      assert b["audio"].shape == (len(rows), NUM_SAMPLES) and b["audio"].dtype == np.int16
       assert b["mask"].dtype == np.bool_ and b["index"].dtype == np.int64
       assert b["label"].dtype == np.int32
       np.testing.assert_array_equal(b["mask"], b["index"] >= 0)
-      for audio, label, index, mask in zip(b["audio"], b["label"], b["index"], b["mask"]):
+      for audio, label, index, mask in zip(b["audio"], b["label"], b["index"], b["mask"], strict=True):
         if mask:
           assert label == index
           np.testing.assert_array_equal(audio, to_clip(source[index]["audio"], NUM_SAMPLES))
       indices.extend(b["index"][b["mask"]].tolist())
   assert sorted(indices) == list(range(n))
-  padding = steps * global_batch - n
-  assert len(indices) + padding == steps * global_batch
-
-
-def test_worker_processes_are_deterministic_and_resume():
-  source = _source(12)
-  first = iter(_train(source, crop_samples=300, worker_count=2))
-  head = _take(first, 2)
-  state = first.get_state()
-  tail = _take(first, 4)
-  resumed = iter(_train(source, crop_samples=300, worker_count=2))
-  resumed.set_state(state)
-  _assert_same_batches(_take(resumed, 4), tail)
-  # Each worker batches its own share of the indices: 6 batches are two whole epochs.
-  labels = np.concatenate([b["label"] for b in head + tail]).tolist()
-  assert sorted(labels) == sorted(list(range(12)) * 2)
-  del first, resumed
-  gc.collect()  # stops the worker processes now, not at interpreter exit
 
 
 def test_tfds_source_end_to_end_without_tensorflow(tmp_path):
@@ -173,30 +146,78 @@ def test_tfds_source_end_to_end_without_tensorflow(tmp_path):
       names = ip.class_names({str(tmp_path)!r}, "synthetic")
       train = ip.data_source({str(tmp_path)!r}, "train", "synthetic")
       test = ip.data_source({str(tmp_path)!r}, "test", "synthetic")
-      it = iter(ip.train_loader(train, global_batch_size=8, seed=0, crop_samples=16000,
-                                shard_index=0, shard_count=1))
-      batch = next(it); next(it)
-      state = it.get_state()
-      expected = next(it)
-      again = iter(ip.train_loader(train, global_batch_size=8, seed=0, crop_samples=16000,
-                                   shard_index=0, shard_count=1))
-      again.set_state(state)
-      assert np.array_equal(next(again)["audio"], expected["audio"])
-      assert batch["audio"].shape == (8, 16000) and batch["audio"].dtype == np.int16
-      assert batch["label"].max() < len(names)
+      batches = list(ip.train_batches(train, global_batch_size=8, seed=0, rows=range(8), start_step=0,
+                                      num_steps=3, crop_samples=16000))
+      again = list(ip.train_batches(train, global_batch_size=8, seed=0, rows=range(8), start_step=2,
+                                    num_steps=3, crop_samples=16000))
+      assert np.array_equal(again[0]["audio"], batches[2]["audio"])
+      assert batches[0]["audio"].shape == (8, 16000) and batches[0]["audio"].dtype == np.int16
+      assert batches[0]["label"].max() < len(names)
       seen = []
-      for b in ip.eval_loader(test, global_batch_size=10, num_samples=32000):
+      for b in ip.eval_batches(test, global_batch_size=10, rows=range(10), num_samples=32000):
         seen += b["index"][b["mask"]].tolist()
+        assert all(len(c) > 0 for c, m in zip(b["clip_id"], b["mask"]) if m)
       assert sorted(seen) == list(range(len(test)))
       assert "tensorflow" not in sys.modules, "TensorFlow was imported"
       print("ok", len(names), len(train), len(test))
   """)
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=170)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=170)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split()[-4:] == ["ok", "8", "288", "96"]
 
 
+def test_two_builds_at_once_build_once(tmp_path):
+  """Two processes asking for the synthetic set on one empty data_dir: one builds, both find it."""
+  code = f"from vggsound_jax import input_pipeline as ip; ip.ensure_synthetic({str(tmp_path)!r}); print('ok')"
+  procs = [
+    subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(2)
+  ]
+  outputs = [p.communicate(timeout=170) for p in procs]
+  for p, (out, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0 and out.strip().endswith("ok"), err[-2000:]
+  assert not list(tmp_path.rglob("incomplete*"))
+  assert len(input_pipeline.data_source(tmp_path, "test", "synthetic")) == 96
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="is not built"):
+  with pytest.raises(FileNotFoundError, match="is not built.*vggsound-build"):
     input_pipeline.data_source(tmp_path, "train", "synthetic")
+
+
+def _stat(pid: int | str) -> list[str] | None:
+  """Fields of /proc/PID/stat after the command name: [state, ppid, ...]; None once it is gone."""
+  try:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+  except OSError:
+    return None
+
+
+def _children(pid: int) -> set[int]:
+  return {int(e) for e in os.listdir("/proc") if e.isdigit() and (st := _stat(e)) and int(st[1]) == pid}
+
+
+def test_loader_workers_exit_when_the_training_process_is_killed():
+  code = textwrap.dedent("""
+      import sys, time
+      import numpy as np
+      from vggsound_jax import input_pipeline
+      source = [{"audio": np.arange(400, dtype=np.int16), "label": i % 3} for i in range(12)]
+      it = input_pipeline.train_batches(source, global_batch_size=4, seed=0, rows=range(4), start_step=0,
+                                        num_steps=10_000, num_samples=400, worker_count=2)
+      next(it)
+      print("ready", flush=True)
+      time.sleep(600)
+  """)
+  parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+  try:
+    assert parent.stdout.readline().strip() == "ready"
+    workers = _children(parent.pid)
+    assert len(workers) >= 2, workers
+  finally:
+    parent.kill()  # SIGKILL: nothing of the parent runs any more
+    parent.wait()
+  deadline = time.monotonic() + 20
+  while alive := [pid for pid in workers if (st := _stat(pid)) and st[0] != "Z"]:
+    assert time.monotonic() < deadline, f"workers {alive} outlived the killed process"
+    time.sleep(0.2)

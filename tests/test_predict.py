@@ -1,9 +1,16 @@
 """scripts/predict.py end to end: a legacy-format PyTorch checkpoint, converted, classifies wav
-files like the PyTorch model fed by the original scipy front end."""
+files like the PyTorch model fed by the original scipy front end; bad files, bad output paths,
+non-finite outputs and a killed run each give one line per problem and lose no result."""
 
+import concurrent.futures
+import csv
+import json
 import os
+import signal
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +19,16 @@ import scipy.signal
 import soundfile as sf
 import torch
 
+from vggsound_jax import labels
+from vggsound_jax.cli import predict
+from vggsound_jax.pytorch_conversion import convert
 from vggsound_jax.testing import torch_reference
 
 REPO = Path(__file__).resolve().parent.parent
+PREDICT = REPO / "scripts" / "predict.py"
 FS = 16000
+# A file name that is not UTF-8: Python hands it over with a surrogate escape.
+NOT_UTF8 = os.fsdecode(b"caf\xe9 \xff.wav")
 
 
 def _speech_like(seconds, seed):
@@ -32,7 +45,7 @@ def _original_probs(model, paths):
   """The original pipeline: sf.read, tile to 10 s, clip, scipy spectrogram, log, standardise."""
   specs = []
   for path in paths:
-    samples, rate = sf.read(path, dtype="int16")
+    samples, rate = sf.read(os.fsencode(path), dtype="int16")
     x = np.tile(samples, 10)[:160000] / 32768.0
     x = np.clip(x, -1.0, 1.0)
     _, _, s = scipy.signal.spectrogram(x, rate, nperseg=512, noverlap=353)
@@ -41,6 +54,19 @@ def _original_probs(model, paths):
   x = torch.from_numpy(np.stack(specs)[:, None]).float()
   with torch.no_grad():
     return torch.softmax(model(x), dim=1).numpy()
+
+
+def _predict(model_dir, *args, code=None, cwd=None):
+  """The command as a user runs it (or, with `code`, after running `code` in its process)."""
+  env = dict(os.environ, VGGSOUND_JAX_CACHE=str(Path(model_dir).parent / "cache"))
+  command = [sys.executable, str(PREDICT)] if code is None else [sys.executable, "-c", code]
+  # Bytes, so that names that are not UTF-8 reach the process as they are on disk.
+  argv = [os.fsencode(str(a)) for a in (*command, "--checkpoint", model_dir, *args)]
+  return subprocess.run(argv, capture_output=True, env=env, cwd=cwd)
+
+
+def _text(stream):
+  return stream.decode("utf-8", "backslashreplace")
 
 
 @pytest.fixture(scope="module")
@@ -67,81 +93,220 @@ def converted(tmp_path_factory):
   return model, tmp
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A width-4 ResNet-18, converted, and a folder of good clips (one named in bytes that are not UTF-8)."""
+  tmp = tmp_path_factory.mktemp("tiny")
+  model = torch_reference.randomize_(torch_reference.build_torch_model(18, "avgpool", width=4), seed=5).eval()
+  torch_reference.save_release_style(model, tmp / "tiny.pth.tar", legacy=False)
+  convert(tmp / "tiny.pth.tar", tmp / "model")
+  good = []
+  for i, name in enumerate(["a.wav", NOT_UTF8, "c.wav"]):
+    good.append(str(tmp / name))
+    sf.write(os.fsencode(good[-1]), _speech_like(1.0 + i, seed=20 + i), FS, subtype="PCM_16")
+  return model, tmp, good
+
+
 def test_predict_matches_pytorch_with_scipy_front_end(converted):
   model, tmp = converted
   paths = []
   for i, seconds in enumerate([10.0, 10.0, 3.5]):
     paths.append(str(tmp / f"clip{i}.wav"))
     sf.write(paths[-1], _speech_like(seconds, seed=i), FS, subtype="PCM_16")
+  paths[1] = str(tmp / NOT_UTF8)
+  os.rename(os.fsencode(tmp / "clip1.wav"), os.fsencode(paths[1]))
   out = tmp / "preds.npz"
-  result = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts/predict.py"),
-      "--checkpoint",
-      str(tmp / "model"),
-      "--batch_size",
-      "2",
-      "--top_k",
-      "3",
-      "--output",
-      str(out),
-      *paths,
-    ],
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "cache")),
-  )
-  assert result.returncode == 0, result.stderr
+  result = _predict(tmp / "model", "--batch_size", "2", "--top_k", "3", "--output", out, *paths)
+  assert result.returncode == 0, _text(result.stderr)
   preds = np.load(out)
   assert list(preds["files"]) == paths
+  assert [os.fsencode(name) for name in preds["files"]] == [os.fsencode(p) for p in paths]
   assert preds["probs"].shape == (3, 309) and preds["probs"].dtype == np.float32
   assert preds["embeddings"].shape == (3, 512) and preds["embeddings"].dtype == np.float32
   assert len(preds["class_names"]) == 309 and preds["class_names"][0] == "air conditioning noise"
+  assert not (tmp / "preds.npz.partial").exists()
 
   expected = _original_probs(model, paths)
   assert np.max(np.abs(preds["probs"] - expected)) <= 1e-4
   # The printed top class is the reference's top class.
   top = preds["class_names"][expected[0].argmax()]
-  assert result.stdout.splitlines()[1].endswith(top)
+  assert _text(result.stdout).splitlines()[1].endswith(top)
 
 
-def test_unreadable_files_are_reported_and_skipped(converted):
-  _, tmp = converted
-  good = tmp / "good.wav"
-  sf.write(good, _speech_like(1.0, seed=9), FS, subtype="PCM_16")
-  corrupt = tmp / "corrupt.mp4"
-  corrupt.write_bytes(b"\x00garbage" * 100)
-  missing = tmp / "missing.wav"
-  out = tmp / "partial.npz"
-  result = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts/predict.py"),
-      "--checkpoint",
-      str(tmp / "model"),
-      "--output",
-      str(out),
-      str(corrupt),
-      str(good),
-      str(missing),
-    ],
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "cache")),
-  )
+def _expected_top(model, paths, k):
+  names = labels.class_names()
+  rows = []
+  for p in _original_probs(model, paths):
+    order = np.argsort(-p)[:k]
+    rows.append(([names[i] for i in order], p[order]))
+  return rows
+
+
+def test_bad_files_are_one_line_each_and_the_good_ones_are_written(tiny):
+  model, tmp, good = tiny
+  bad = tmp / "bad"
+  bad.mkdir()
+  (bad / "folder.wav").mkdir()
+  nan = np.full(FS, 0.1, np.float32)
+  nan[100] = np.nan
+  sf.write(bad / "nan.wav", nan, FS, subtype="FLOAT")
+  sf.write(bad / "one_hz.wav", np.zeros(32000, np.int16), FS, subtype="PCM_16")
+  header = bytearray((bad / "one_hz.wav").read_bytes())
+  header[24:32] = struct.pack("<II", 1, 2)  # sample rate 1 Hz, 2 bytes per second: a 64 KB file of 9 hours
+  (bad / "one_hz.wav").write_bytes(bytes(header))
+  (bad / "corrupt.mp4").write_bytes(b"\x00garbage" * 100)
+  files = [good[0], bad / "folder.wav", good[1], bad / "nan.wav", bad / "one_hz.wav", bad / "corrupt.mp4"]
+  files += [bad / "missing.wav", good[2]]
+  out = tmp / "preds.jsonl"
+  result = _predict(tmp / "model", "--top_k", "3", "--batch_size", "2", "--output", out, *files)
   assert result.returncode == 1
-  assert f"{corrupt}: cannot decode" in result.stderr
-  assert f"{missing}: no such file" in result.stderr
-  assert "Traceback" not in result.stderr
-  assert list(np.load(out)["files"]) == [str(good)]
+  errors = _text(result.stderr).splitlines()
+  assert errors == [
+    f"error: {bad / 'folder.wav'}: is a directory",
+    f"error: {bad / 'nan.wav'}: non-finite samples",
+    f"error: {bad / 'one_hz.wav'}: sample rate 1 Hz is outside 1000-768000 Hz",
+    errors[3],
+    f"error: {bad / 'missing.wav'}: no such file",
+    "5 of 8 files could not be classified",
+  ]
+  assert errors[3].startswith(f"error: {bad / 'corrupt.mp4'}: cannot decode")  # FFmpeg's words
+  stdout = _text(result.stdout)
+  assert "caf\\udce9 \\udcff.wav" in stdout and f"wrote {out}" in stdout
+
+  rows = [json.loads(line) for line in out.read_bytes().decode("utf-8").splitlines()]
+  assert [os.fsencode(row["file"]) for row in rows] == [os.fsencode(p) for p in good]
+  for row, (names, probs) in zip(rows, _expected_top(model, good, 3)):
+    assert row["labels"] == names
+    np.testing.assert_allclose(row["probs"], probs, atol=1e-4)
+  assert sorted(p.name for p in tmp.iterdir() if "preds" in p.name) == ["preds.jsonl"]
+
+
+def test_csv_output(tiny):
+  model, tmp, good = tiny
+  out = tmp / "preds.csv"
+  result = _predict(tmp / "model", "--top_k", "2", "--output", out, *good)
+  assert result.returncode == 0, _text(result.stderr)
+  with open(out, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["file", "label1", "prob1", "label2", "prob2"]
+  assert [os.fsencode(row[0]) for row in rows[1:]] == [os.fsencode(p) for p in good]  # the bytes on disk
+  for row, (names, probs) in zip(rows[1:], _expected_top(model, good, 2)):
+    assert row[1::2] == names
+    np.testing.assert_allclose([float(p) for p in row[2::2]], probs, atol=1e-4)
+
+
+def test_output_path_is_checked_before_any_work(tmp_path):
+  (tmp_path / "taken.csv.partial").write_text("file,label1\nearlier.wav,dog\n")
+  (tmp_path / "folder.npz").mkdir()
+  cases = {
+    tmp_path / "preds.txt": f"{tmp_path / 'preds.txt'}: unknown output format '.txt': use .npz, .csv or .jsonl",
+    tmp_path / "no" / "preds.csv": f"{tmp_path / 'no'}: no such directory",
+    tmp_path / "folder.npz": f"{tmp_path / 'folder.npz'}: is a directory",
+    tmp_path / "taken.csv": f"{tmp_path / 'taken.csv.partial'}: holds the results of an interrupted run",
+  }
+  for output, message in cases.items():
+    # The model directory does not exist either: the output is what gets reported.
+    result = _predict(tmp_path / "no_model", "--output", output, tmp_path / "x.wav")
+    assert result.returncode == 1
+    assert _text(result.stderr).startswith(f"error: {message}") and _text(result.stderr).count("\n") == 1
+  assert (tmp_path / "taken.csv.partial").read_text() == "file,label1\nearlier.wav,dog\n"
+  # A model that cannot be loaded leaves no partial file behind.
+  result = _predict(tmp_path / "no_model", "--output", tmp_path / "preds.jsonl", tmp_path / "x.wav")
+  assert result.returncode == 1 and "no such model directory" in _text(result.stderr)
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["folder.npz", "taken.csv.partial"]
+
+
+# Runs the command, but SIGKILLs itself when the model is called for the KILL_AT-th batch.
+KILL_AT = 3
+_KILLED_RUN = f"""
+import os, signal
+from vggsound_jax import inference
+calls = []
+original = inference.Classifier.__call__
+def call_or_die(self, audio):
+  calls.append(1)
+  if len(calls) == {KILL_AT}:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return original(self, audio)
+inference.Classifier.__call__ = call_or_die
+from vggsound_jax.cli.predict import run
+run()
+"""
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".npz"])
+def test_a_killed_run_keeps_every_result_so_far(tiny, suffix):
+  _, tmp, good = tiny
+  files = [good[i % 3] for i in range(7)]
+  out = tmp / f"killed{suffix}"
+  result = _predict(tmp / "model", "--batch_size", "2", "--output", out, *files, code=_KILLED_RUN)
+  assert result.returncode == -signal.SIGKILL
+  kept = 2 * (KILL_AT - 1)
+  partial = tmp / f"killed{suffix}.partial"
+  assert not out.exists()
+  if suffix == ".jsonl":
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert [os.fsencode(row["file"]) for row in rows] == [os.fsencode(f) for f in files[:kept]]
+  else:
+    names = [json.loads(line) for line in (partial / "files.txt").read_text().splitlines()]
+    assert [os.fsencode(name) for name in names] == [os.fsencode(f) for f in files[:kept]]
+    probs, embeddings = np.load(partial / "probs.npy"), np.load(partial / "embeddings.npy")
+    assert probs.shape == (kept, 309) and embeddings.shape == (kept, 32)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs[0], probs[3], atol=1e-6)  # the same file, a.wav, twice
+  before = sorted(p.name for p in tmp.rglob("*"))
+  # Running again over it is refused, and the kept results stay.
+  result = _predict(tmp / "model", "--output", out, *files)
+  assert result.returncode == 1 and "interrupted run" in _text(result.stderr)
+  assert sorted(p.name for p in tmp.rglob("*")) == before
+
+
+def test_non_finite_outputs_fail_the_run(tmp_path):
+  model = torch_reference.build_torch_model(18, "avgpool", width=4)
+  torch_reference.randomize_(model, seed=1)
+  with torch.no_grad():
+    model.audnet.fc.weight.fill_(3e38)  # finite weights, logits that overflow to inf
+  torch_reference.save_release_style(model, tmp_path / "overflow.pth.tar", legacy=False)
+  convert(tmp_path / "overflow.pth.tar", tmp_path / "model")
+  clip = tmp_path / "clip.wav"
+  sf.write(clip, _speech_like(1.0, seed=1), FS, subtype="PCM_16")
+  result = _predict(tmp_path / "model", "--output", tmp_path / "preds.npz", clip)
+  assert result.returncode == 1
+  assert _text(result.stderr).splitlines() == [
+    f"error: {clip}: the model's outputs are not finite (NaN or inf)",
+    "1 of 1 files could not be classified",
+  ]
+  preds = np.load(tmp_path / "preds.npz")
+  assert preds["probs"].shape == (0, 309) and preds["files"].shape == (0,)
+
+
+def test_decoding_runs_a_bounded_window_ahead():
+  pulled, consumed, most_ahead = [0], [0], [0]
+  lock = threading.Lock()
+
+  def items():
+    for i in range(200):
+      with lock:
+        pulled[0] += 1
+        most_ahead[0] = max(most_ahead[0], pulled[0] - consumed[0])
+      yield i
+
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    results = []
+    for value in predict._ahead(pool, lambda x: x * 2, items(), window=5):
+      with lock:
+        consumed[0] += 1
+      results.append(value)
+  assert results == [2 * i for i in range(200)]
+  assert most_ahead[0] <= 6  # the window, and the one being handed over
 
 
 def test_bad_checkpoint_directory_is_one_line_error(tmp_path):
   result = subprocess.run(
-    [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(tmp_path), "x.wav"],
+    [sys.executable, str(PREDICT), "--checkpoint", str(tmp_path), "x.wav"],
     capture_output=True,
     text=True,
   )
   assert result.returncode != 0
   assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr
+  assert result.stderr.count("\n") == 1  # and no library log lines

@@ -17,6 +17,12 @@ LIBRARY_MODULES = [
   "vggsound_jax.evaluation",
   "vggsound_jax.metrics",
   "vggsound_jax.pytorch_conversion",
+  "vggsound_jax.distributed",
+  "vggsound_jax.checkpoints",
+  "vggsound_jax.vggish_frontend",
+  "vggsound_jax.vggish_conversion",
+  "vggsound_jax.warm_start",
+  "vggsound_jax.datasets.audioset",
 ]
 # Each command defines its absl flags on import, so each gets a process of its own.
 COMMANDS = [

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from tiny import NUM_CLASSES, tiny_config, tiny_data
 
-from vggsound_jax import default_config, evaluation, optimizers, sharding, train_state
+from vggsound_jax import checkpoints, default_config, evaluation, optimizers, sharding, train_state, trainer
 from vggsound_jax.model_dir import load_model
 from vggsound_jax.models import ModelConfig, graphdefs
 
@@ -151,3 +152,58 @@ def test_bf16_compute_keeps_float32_parameters():
   assert metrics["loss"].dtype == np.float32
   hlo = step.lower(state, batch).as_text()
   assert "convolution" in hlo and "bf16" in hlo
+
+
+def _poisoned_schedule(monkeypatch, bad_step: int):
+  """The learning rate is NaN at one step, so that step's update (and only it) is not finite."""
+  make_schedule = optimizers.make_schedule
+
+  def poisoned(*args, **kwargs):
+    schedule = make_schedule(*args, **kwargs)
+    return lambda count: jnp.where(count == bad_step - 1, jnp.nan, schedule(count))
+
+  monkeypatch.setattr(optimizers, "make_schedule", poisoned)
+
+
+@pytest.fixture(scope="module")
+def diverged_run(tmp_path_factory):
+  """A run whose step 8 is not finite: checkpoints every 3 steps, the policy "stop"."""
+  workdir = tmp_path_factory.mktemp("diverged")
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    _poisoned_schedule(monkeypatch, bad_step=8)
+    with pytest.raises(trainer.DivergedError) as error:
+      trainer.train_and_evaluate(tiny_config(10), workdir, data=tiny_data())
+  return workdir, str(error.value)
+
+
+def test_a_nonfinite_step_stops_the_run_and_is_never_saved(diverged_run):
+  workdir, message = diverged_run
+  assert "not finite at step 8" in message and "last good checkpoint is step 6" in message
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+  assert not (workdir / "model").exists()
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(diverged_run, capsys):
+  workdir, _ = diverged_run
+  for path in (workdir / "checkpoints" / "6").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(b"\0garbage" * 4)
+  config = tiny_config(10)
+  mesh = sharding.make_mesh()
+  schedule = optimizers.make_schedule(config, 10, 4.0)
+  tx = optimizers.make_optimizer(config, schedule)
+  like = train_state.create_train_state(ModelConfig.from_config(config.model, NUM_CLASSES), tx, 0, mesh)
+  restored = checkpoints.restore(checkpoints.checkpoint_manager(workdir, config), like, mesh)
+  assert int(restored["step"]) == 3
+  assert "resuming from step 3" in capsys.readouterr().err
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["model"]))
+
+
+def test_skip_drops_the_nonfinite_update_and_finishes(tmp_path, monkeypatch):
+  _poisoned_schedule(monkeypatch, bad_step=4)
+  config = tiny_config(6)
+  config.nonfinite = "skip"
+  results = trainer.train_and_evaluate(config, tmp_path, data=tiny_data())
+  assert results["test"]["num_clips"] == 21
+  model, _ = load_model(tmp_path / "model")
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(nnx.state(model)))

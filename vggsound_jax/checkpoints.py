@@ -1,15 +1,16 @@
-"""A run's Orbax checkpoints in WORKDIR/checkpoints: train state and data-iterator position.
+"""A run's Orbax checkpoints in WORKDIR/checkpoints.
 
-Each checkpoint holds three items, so that each reader takes only what it needs:
+Each checkpoint holds two items, so that each reader takes only what it needs:
 - `model`: the `ModelState` (parameters and BatchNorm statistics), all that evaluation restores;
-- `train`: step, optimizer state and RNG, which resuming adds;
-- `data`: the Grain iterator's position, so a resumed run sees exactly the batches it would
-  have seen.
+- `train`: step, optimizer state, RNG and the non-finite marker, which resuming adds.
+The data needs no item: the input pipeline is a function of the step (`input_pipeline.py`), so a
+run resumes from the step alone, on any number of devices, processes or loader workers.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from vggsound_jax.models import ModelConfig, ModelState, abstract_model_state
 from vggsound_jax.train_state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
-_TRAIN_KEYS = ("step", "opt_state", "rng")
+_TRAIN_KEYS = ("step", "opt_state", "rng", "first_nonfinite_step")
 
 
 def checkpoint_manager(
@@ -43,38 +44,62 @@ def _replicated_like(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
 
 
-def save(
-  manager: ocp.CheckpointManager, step: int, state: TrainState, data_iterator: Any, *, force: bool = False
-) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state: TrainState, *, force: bool = False) -> bool:
   """Saves `state` (at `step`, known on the host) if the interval says so, or with `force`.
 
   Asynchronous: the arrays are copied, then written in the background.
   """
-  import grain.checkpoint  # noqa: PLC0415 - grain is only needed where there is data
-
   return manager.save(
     step,
     force=force,
     args=ocp.args.Composite(
-      model=ocp.args.StandardSave(state["model"]),
-      train=ocp.args.StandardSave({k: state[k] for k in _TRAIN_KEYS}),
-      data=grain.checkpoint.CheckpointSave(data_iterator),
+      model=ocp.args.StandardSave(state["model"]), train=ocp.args.StandardSave({k: state[k] for k in _TRAIN_KEYS})
     ),
   )
 
 
-def restore(manager: ocp.CheckpointManager, like: TrainState, mesh: Mesh, *, data_iterator: Any = None) -> TrainState:
-  """The latest train state, shaped like `like`; sets `data_iterator` to its saved position."""
-  items = {
-    "model": ocp.args.StandardRestore(_replicated_like(like["model"], mesh)),
-    "train": ocp.args.StandardRestore(_replicated_like({k: like[k] for k in _TRAIN_KEYS}, mesh)),
-  }
-  if data_iterator is not None:
-    import grain.checkpoint  # noqa: PLC0415
+def _one_line(e: Exception) -> str:
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(**items))
-  return {"model": restored["model"], **restored["train"]}
+
+def restore(manager: ocp.CheckpointManager, like: TrainState, mesh: Mesh) -> TrainState | None:
+  """The newest checkpoint that can be restored, shaped like `like`; None when there is none.
+
+  A checkpoint that cannot be read (a damaged file, a killed save) is passed over for the one
+  before it, with a warning naming it; only when none is readable is it an error.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  target = {
+    "model": _replicated_like(like["model"], mesh),
+    "train": _replicated_like({k: like[k] for k in _TRAIN_KEYS}, mesh),
+  }
+  problems = []
+  for step in steps:
+    try:
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          model=ocp.args.StandardRestore(target["model"]), train=ocp.args.StandardRestore(target["train"])
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+      problems.append(f"step {step} ({_one_line(e)})")
+      continue
+    if problems and jax.process_index() == 0:
+      print(
+        f"warning: {manager.directory}: resuming from step {step}; newer checkpoints could not be "
+        f"restored: {'; '.join(problems)}",
+        file=sys.stderr,
+      )
+    return {"model": restored["model"], **restored["train"]}
+  if problems:
+    raise CheckpointError(f"{manager.directory}: no checkpoint can be restored: {'; '.join(problems)}")
+  return None
+
+
+class CheckpointError(OSError):
+  """No checkpoint of a run can be restored."""
 
 
 def restore_model_state(
@@ -85,5 +110,8 @@ def restore_model_state(
   if step is None:
     raise FileNotFoundError(f"{manager.directory}: no checkpoint to evaluate")
   target = _replicated_like(abstract_model_state(model_cfg), mesh)
-  restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{manager.directory}: checkpoint {step} cannot be restored ({_one_line(e)})") from None
   return restored["model"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from vggsound_jax.audio import CLIP_SAMPLES
+from vggsound_jax.errors import ConfigError
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,11 +40,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = 64
   config.model.num_clusters = 16
   config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
+  config.model.arch = "resnet"  # or "vggish" (rows A-C); depth, head and num_clusters are the ResNet's
+  # "softmax": one class per clip; "sigmoid": independent classes and a binary cross-entropy,
+  # for multi-label training data (AudioSet, row A). Inference reports the same probabilities.
+  config.model.output = "softmax"
+  config.model.fc_width = 4096  # VGGish: width of its two hidden fully connected layers
+  config.model.embedding_relu = True  # VGGish: ReLU on the 128-d embedding, as released until 2020
+  config.model.patch_aggregation = "mean"  # VGGish: pooling of a clip's patch embeddings, "mean" or "max"
 
   config.data = ml_collections.ConfigDict()
   config.data.data_dir = "~/tensorflow_datasets"
   config.data.config = "full"  # builder config: "full", "common" (164 classes), "synthetic"
   config.data.train_split = "train"
+  # The builder training reads: "vggsound" (config data.config), or "audioset" (row A: the
+  # user's AudioSet clips of the classes shared with VGGSound, multi-hot labels in VGGSound's
+  # order; data.train_split is then one of its splits). Evaluation always reads vggsound.
+  config.data.train_dataset = "vggsound"
   config.data.num_samples = CLIP_SAMPLES  # clip length after tiling (docs/original_pipeline.md#front-end)
   config.data.crop_samples = 0  # random training crop in samples; 0: the whole clip
   config.data.worker_count = 4  # Grain worker processes per host
@@ -67,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.end_learning_rate_factor = 0.0
 
   config.label_smoothing = 0.1
+  # A model directory (converted or trained) whose parameters start a fresh run instead of a
+  # random init: those present in both with the same shape (a converted VGGish has no
+  # classifier, which stays random). Ignored when the run resumes from its own checkpoint.
+  config.init_from = ""
 
   config.augment = ml_collections.ConfigDict()
   config.augment.freq_masks = 2
@@ -81,15 +97,79 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every_steps = 50
   config.eval_every_steps = 0  # 0: evaluate only at the end
+  # A step whose loss or gradients are NaN or infinite: "stop" the run at the next save (naming
+  # the step; nothing after the last good checkpoint is kept), or "skip" its update and go on.
+  config.nonfinite = "stop"
 
   config.eval = ml_collections.ConfigDict()
   config.eval.splits = ("test",)
   config.eval.batch_size = 64  # global
   config.eval.num_samples = CLIP_SAMPLES
   config.eval.export_clip_npy = False  # also one .npy of probabilities per clip
+  # Also score the test split against VGGSounder's audible labels (vggsound_jax/vggsounder.py):
+  # eval/test/vggsounder.json. Needs the 309 VGGSound classes (not the synthetic data).
+  config.eval.vggsounder = False
 
   # The paper's figures for the row a config reproduces (`row`, `mAP`, `mAUC`, `d_prime`;
   # configs/paper.py fills them): evaluation prints them beside the measured ones.
   config.reported = ml_collections.ConfigDict()
 
   return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value cannot work."""
+  # Imported here: config files load this module, and should load fast.
+  from vggsound_jax.datasets import audioset, vggsound  # noqa: PLC0415
+  from vggsound_jax.models.resnet import ARCHS, DEPTHS, OUTPUTS  # noqa: PLC0415
+  from vggsound_jax.models.vggish import PATCH_AGGREGATIONS  # noqa: PLC0415
+  from vggsound_jax.spectrogram import NPERSEG  # noqa: PLC0415
+  from vggsound_jax.vggish_frontend import MIN_SAMPLES as VGGISH_MIN_SAMPLES  # noqa: PLC0415
+
+  def positive(field: str, value: float) -> None:
+    if not value > 0:
+      raise ConfigError(field, f"{value!r} must be positive")
+
+  def value_of(field: str) -> object:
+    section, _, name = field.rpartition(".")
+    return config[section][name] if section else config[name]
+
+  for field in (
+    "batch_size",
+    "eval.batch_size",
+    "log_every_steps",
+    "checkpoint.save_interval_steps",
+    "model.width",
+    "data.num_samples",
+    "eval.num_samples",
+  ):
+    positive(field, value_of(field))
+  if config.num_train_steps <= 0:
+    positive("num_epochs", config.num_epochs)
+  choices = {
+    "model.depth": tuple(DEPTHS),
+    "model.head": ("avgpool", "vlad"),
+    "model.dtype": ("float32", "bfloat16"),
+    "optimizer.name": ("sgd", "adamw"),
+    "nonfinite": ("stop", "skip"),
+    "model.arch": ARCHS,
+    "model.output": OUTPUTS,
+    "model.patch_aggregation": PATCH_AGGREGATIONS,
+    "data.train_dataset": (vggsound.NAME, audioset.NAME),
+  }
+  for field, allowed in choices.items():
+    value = value_of(field)
+    if value not in allowed:
+      raise ConfigError(field, f"{value!r} is not one of {', '.join(map(str, allowed))}")
+  if config.data.num_samples < NPERSEG or config.eval.num_samples < NPERSEG:
+    raise ConfigError("data.num_samples", f"clips must be at least one spectrogram frame ({NPERSEG} samples)")
+  if config.data.crop_samples and not NPERSEG <= config.data.crop_samples <= config.data.num_samples:
+    raise ConfigError("data.crop_samples", f"{config.data.crop_samples} is not in [{NPERSEG}, data.num_samples]")
+  shortest = min(config.data.crop_samples or config.data.num_samples, config.eval.num_samples)
+  if config.model.arch == "vggish" and shortest < VGGISH_MIN_SAMPLES:
+    field = "data.crop_samples" if config.data.crop_samples else "data.num_samples"
+    raise ConfigError(field, f"VGGish needs clips of at least one patch ({VGGISH_MIN_SAMPLES} samples, 0.975 s)")
+  if config.data.worker_count < 0:
+    raise ConfigError("data.worker_count", f"{config.data.worker_count} is negative")
+  if config.checkpoint.max_to_keep is not None and config.checkpoint.max_to_keep < 1:
+    raise ConfigError("checkpoint.max_to_keep", f"{config.checkpoint.max_to_keep} keeps no checkpoint")

@@ -31,11 +31,13 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from vggsound_jax import checkpoints, input_pipeline
+from vggsound_jax import checkpoints, default_config, distributed, input_pipeline
 from vggsound_jax import metrics as metrics_lib
 from vggsound_jax import sharding as sharding_lib
+from vggsound_jax import vggsounder as vggsounder_lib
 from vggsound_jax.inference import forward
 from vggsound_jax.model_dir import load_model
 from vggsound_jax.models import ModelConfig, ModelState, graphdefs, merge_model, split_model
@@ -64,22 +66,22 @@ def predict(
 ) -> dict:
   """Runs the eval step over all batches; returns unpadded `probs`, `labels`, `index`.
 
-  Rows come back sorted by example index; `clip_id` is included when the batches carry it.
+  Rows come back sorted by example index, on every process; `clip_id` is included when the
+  batches carry it (each process reads its own rows' ids, and they are gathered).
   """
   import tqdm
 
-  probs, labels, indices, clip_ids = [], [], [], []
+  probs, labels, indices, local_ids = [], [], [], []
   for batch in tqdm.tqdm(
     batches, desc=description, unit="batch", leave=False, disable=not sharding_lib.is_main_process()
   ):
-    local_mask = np.asarray(batch["mask"], bool)
     out = eval_step(model_state, sharding_lib.shard_batch({k: batch[k] for k in _DEVICE_KEYS}, mesh))
     mask = np.asarray(out["mask"], bool)
     probs.append(np.asarray(out["probs"], np.float32)[mask])
     labels.append(np.asarray(out["label"])[mask])
     indices.append(np.asarray(out["index"])[mask])
-    if "clip_id" in batch and jax.process_count() == 1:
-      clip_ids.extend(np.asarray(batch["clip_id"]).astype(str)[local_mask])
+    if "clip_id" in batch:
+      local_ids.append((np.asarray(batch["index"]), np.asarray(batch["clip_id"])))
   if not probs:
     raise ValueError("the evaluation split has no examples")
   index = np.concatenate(indices)
@@ -88,9 +90,27 @@ def predict(
     raise ValueError(f"examples counted more than once: indices {unique[counts > 1][:10].tolist()}")
   order = np.argsort(index, kind="stable")
   result = {"probs": np.concatenate(probs)[order], "labels": np.concatenate(labels)[order], "index": index[order]}
-  if clip_ids:
-    result["clip_id"] = np.asarray(clip_ids)[order]
+  clip_ids = _gather_clip_ids(local_ids) if local_ids else {}
+  if any(clip_ids.values()):  # sources without clip ids give empty ones
+    result["clip_id"] = np.asarray([clip_ids[i] for i in result["index"]])
   return result
+
+
+_CLIP_ID_BYTES = 64  # YouTube id, "_", six digits: 18 bytes; room for other naming schemes
+
+
+def _gather_clip_ids(local: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, str]:
+  """{example index: clip id} over every process: ids are host strings, so they travel as bytes."""
+  index = np.concatenate([i for i, _ in local]).astype(np.int64)
+  ids = np.concatenate([c for _, c in local])
+  encoded = np.zeros((len(ids), _CLIP_ID_BYTES), np.uint8)
+  for row, clip_id in enumerate(ids):
+    data = clip_id if isinstance(clip_id, bytes) else str(clip_id).encode()
+    encoded[row, : min(len(data), _CLIP_ID_BYTES)] = np.frombuffer(data[:_CLIP_ID_BYTES], np.uint8)
+  if jax.process_count() > 1:  # every process has as many rows (padding included)
+    index = np.asarray(multihost_utils.process_allgather(index)).reshape(-1)
+    encoded = np.asarray(multihost_utils.process_allgather(encoded)).reshape(-1, _CLIP_ID_BYTES)
+  return {int(i): bytes(e).rstrip(b"\0").decode() for i, e in zip(index, encoded) if i >= 0}
 
 
 def compute_split_metrics(predictions: dict) -> dict:
@@ -98,31 +118,24 @@ def compute_split_metrics(predictions: dict) -> dict:
   return metrics_lib.scalar_metrics(metrics_lib.compute_metrics(predictions["probs"], predictions["labels"]))
 
 
-def clip_ids_from_source(source: Sequence[dict], indices: np.ndarray) -> np.ndarray | None:
-  """Looks the clip ids of `indices` up in the source; None when its records have none."""
-  if not len(indices) or "clip_id" not in source[int(indices[0])]:
-    return None
-  ids = [source[int(i)]["clip_id"] for i in indices]
-  return np.asarray([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
-
-
 def write_results(
   out_dir: str | os.PathLike,
   predictions: dict,
   class_names: Sequence[str],
   *,
-  source: Sequence[dict] | None = None,
   export_clip_npy: bool = False,
+  vggsounder: bool = False,
 ) -> dict:
-  """Writes predictions, metrics and per-class results; returns the scalar metrics."""
+  """Writes predictions, metrics and per-class results; returns the scalar metrics.
+
+  `vggsounder`: also the VGGSounder scores of the predictions, `vggsounder.json`.
+  """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   probs, labels = predictions["probs"], predictions["labels"]
   if probs.shape[1] != len(class_names):
     raise ValueError(f"{out_dir}: {probs.shape[1]} model outputs but {len(class_names)} class names")
   clip_ids = predictions.get("clip_id")
-  if clip_ids is None and export_clip_npy and source is not None:
-    clip_ids = clip_ids_from_source(source, predictions["index"])
 
   full = metrics_lib.compute_metrics(probs, labels)
   scalars = metrics_lib.scalar_metrics(full)
@@ -151,6 +164,8 @@ def write_results(
     clip_dir.mkdir(exist_ok=True)
     for clip_id, p in zip(clip_ids, probs):
       np.save(clip_dir / f"{clip_id}.npy", p.astype(np.float32))
+  if vggsounder:
+    vggsounder_lib.write_results(out_dir, probs, clip_ids, class_names)
   return scalars
 
 
@@ -203,18 +218,18 @@ def evaluate_splits(
   """Every split of `data.eval`: {split: scalar metrics}; files in WORKDIR/eval/<split>/ too
   with `write_files`, and TensorBoard scalars when given a `writer`."""
   eval_step = make_eval_step(graphdef, mesh)
+  rows = sharding_lib.process_rows(mesh, config.eval.batch_size)
   results = {}
   for split, source in data.eval.items():
-    predictions = predict(
-      eval_step, model_state, input_pipeline.eval_batches(config, source), mesh, description=f"eval {split}"
-    )
+    batches = input_pipeline.eval_iterator(config, source, rows)
+    predictions = predict(eval_step, model_state, batches, mesh, description=f"eval {split}")
     if write_files and sharding_lib.is_main_process():
       metrics = write_results(
         Path(workdir) / "eval" / split,
         predictions,
         data.class_names,
-        source=source,
         export_clip_npy=config.eval.export_clip_npy,
+        vggsounder=config.eval.vggsounder and split == vggsounder_lib.SPLIT,
       )
     else:
       metrics = compute_split_metrics(predictions)
@@ -239,8 +254,12 @@ def evaluate(
 
   Writes WORKDIR/eval/<split>/ and returns {split: scalar metrics}.
   """
-  data = data or input_pipeline.load_data(config, train=False)
+  default_config.validate(config)
   mesh = sharding_lib.make_mesh()
+  distributed.check_same_config(config.to_json_best_effort(sort_keys=True))
+  sharding_lib.check_batch_size("eval.batch_size", config.eval.batch_size, mesh)
+  distributed.check_shared_directory(workdir)
+  data = data or input_pipeline.load_data(config, train=False)
   if checkpoint is not None:
     model, metadata = load_model(checkpoint, dtype=config.model.dtype)
     if tuple(metadata["class_names"]) != tuple(data.class_names):

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vggsound_jax.models import ResNet, merge_model, split_model
-from vggsound_jax.spectrogram import log_spectrogram
+from vggsound_jax.models import ResNet, frontend, merge_model, split_model
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vggsound_jax" / "jax"
 
@@ -25,9 +24,15 @@ def enable_compilation_cache(cache_dir: str | os.PathLike | None = None) -> None
 
 
 def forward(model: ResNet, audio: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """int16 waveforms (N, T) -> softmax probabilities (N, C) and embeddings (N, D), float32."""
-  spectrogram = log_spectrogram(audio)[..., None].astype(model.config.dtype)
-  logits, embedding = model(spectrogram, return_embedding=True)
+  """int16 waveforms (N, T) -> probabilities (N, C) and embeddings (N, D), float32.
+
+  Probabilities are the softmax of the logits, or their sigmoid for a multi-label model
+  (`model.config.output`).
+  """
+  inputs = frontend(model.config)(audio).astype(model.config.dtype)
+  logits, embedding = model(inputs, return_embedding=True)
+  if model.config.output == "sigmoid":
+    return jax.nn.sigmoid(logits), embedding
   return jax.nn.softmax(logits, axis=-1), embedding
 
 

@@ -1,15 +1,16 @@
 """Input pipeline: Grain over the built TFDS data, for training and evaluation.
 
 Reading goes through `tfds.data_source` (ArrayRecord random access), which needs neither
-TensorFlow nor tf.data. Each JAX process reads a disjoint shard and yields its local part
-of the global batch (`global_batch_size // shard_count` examples); the trainer assembles the
-global array for the device mesh from those.
+TensorFlow nor tf.data. Every batch is defined globally: example g of the run is at row
+g % B of global batch g // B, and each JAX process reads only the rows its devices hold
+(`sharding.process_rows`). What example g is, and its random crop, depend only on the seed
+and g, so the same config trains the same model whatever the split of devices into processes
+and whatever the number of loader workers, and a run resumes from a step number alone: no
+iterator state is saved.
 
-Training is an infinite, seeded stream: a new shuffle every epoch, the waveform tiled to
-10 s exactly as `vggsound_jax.audio.to_clip` (docs/original_pipeline.md#front-end), then optionally a random
-crop whose offset comes from Grain's per-record generator, so a resumed iterator
-(`get_state()` / `set_state()`) replays exactly the examples and crops it would have seen.
-Evaluation is one pass in order; the last batch is padded and carries a mask.
+Training: a new shuffle every epoch, the waveform tiled to 10 s exactly as
+`vggsound_jax.audio.to_clip` (docs/original_pipeline.md#front-end), then optionally a random
+crop. Evaluation: one pass in order, the last global batch padded and marked with `mask`.
 
 `source` may be any random-access sequence of dicts with "audio" (1-D int16) and "label".
 """
@@ -17,9 +18,13 @@ Evaluation is one pass in order; the last batch is padded and carries a mask.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -29,8 +34,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
+from vggsound_jax import distributed
 from vggsound_jax.audio import CLIP_SAMPLES, to_clip
+from vggsound_jax.datasets import audioset as audioset_builder
 from vggsound_jax.datasets import vggsound as vggsound_builder
+from vggsound_jax.errors import ConfigError
 
 SYNTHETIC = "synthetic"
 # Stands in for a missing example in a padded evaluation batch.
@@ -47,16 +55,23 @@ def data_source(data_dir: str | os.PathLike, split: str, config: str = "full") -
   if not builder.is_prepared():
     raise FileNotFoundError(
       f"{builder.data_path}: {vggsound_builder.NAME}/{config} is not built; build it with"
-      f" scripts/build_dataset.py --data_dir {data_dir}"
-      + (" --config synthetic" if config == SYNTHETIC else " --manual_dir DIR")
+      f" vggsound-build --data_dir {data_dir}" + (" --config synthetic" if config == SYNTHETIC else " --manual_dir DIR")
     )
   return builder.as_data_source(split=split)
 
 
 def ensure_synthetic(data_dir: str | os.PathLike) -> None:
-  """Builds vggsound/synthetic into data_dir unless it is already there (a few seconds)."""
-  if not _builder(data_dir, SYNTHETIC).is_prepared():
-    vggsound_builder.build(data_dir, config=SYNTHETIC)
+  """Builds vggsound/synthetic into data_dir unless it is already there (a few seconds).
+
+  Runs started at once on the same data_dir build it once: the builder holds a lock file in
+  data_dir, and whoever comes second finds it built.
+  """
+  data_dir = Path(data_dir)
+  data_dir.mkdir(parents=True, exist_ok=True)
+  with open(data_dir / f".{vggsound_builder.NAME}-{SYNTHETIC}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    if not _builder(data_dir, SYNTHETIC).is_prepared():
+      vggsound_builder.build(data_dir, config=SYNTHETIC)
 
 
 def class_names(data_dir: str | os.PathLike, config: str = "full") -> tuple[str, ...]:
@@ -64,156 +79,168 @@ def class_names(data_dir: str | os.PathLike, config: str = "full") -> tuple[str,
   return tuple(_builder(data_dir, config).info.features["label"].names)
 
 
-def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
-  shard_index = jax.process_index() if shard_index is None else shard_index
-  shard_count = jax.process_count() if shard_count is None else shard_count
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
-  return shard_index, shard_count
-
-
 def _check_worker_count(worker_count: int) -> None:
+  if worker_count < 0:
+    raise ConfigError("data.worker_count", f"{worker_count} is negative")
   # Grain's worker processes read absl flags; outside an absl app (a notebook, pytest)
   # nothing has parsed them, so they are taken at their defaults.
   if worker_count > 0 and not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
-def _local_batch(global_batch_size: int, shard_count: int) -> int:
-  if global_batch_size <= 0 or global_batch_size % shard_count:
-    raise ValueError(
-      f"global_batch_size {global_batch_size} is not a positive multiple of the shard count {shard_count}"
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: exit when the training process dies (even by SIGKILL)."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)  # reparented: the parent is gone, nobody will read what this worker makes
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _iterate(examples: grain.MapDataset, local_batch: int, worker_count: int) -> Iterator[dict]:
+  """Batches of `examples` in order; worker processes change only the speed, never the batches."""
+  _check_worker_count(worker_count)
+  dataset = examples.to_iter_dataset()
+  if worker_count > 0:
+    # Workers take interleaved slices of single examples and Grain merges them back in order;
+    # batching after the merge keeps the batches independent of the number of workers.
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=worker_count), worker_init_fn=_exit_with_parent
     )
-  return global_batch_size // shard_count
+  return iter(dataset.batch(local_batch, drop_remainder=True))
 
 
-class TileAndCrop(grain.transforms.RandomMap):
-  """Tiles the waveform to `num_samples`, then takes a random `crop_samples` window."""
+def _check_rows(rows: Sequence[int], global_batch_size: int) -> np.ndarray:
+  rows = np.asarray(rows, np.int64)
+  if global_batch_size <= 0:
+    raise ConfigError("batch_size", f"{global_batch_size} is not a positive number of clips")
+  if not len(rows) or rows.min() < 0 or rows.max() >= global_batch_size:
+    raise ValueError(f"rows {rows.tolist()} are not rows of a global batch of {global_batch_size}")
+  return rows
 
-  def __init__(self, num_samples: int = CLIP_SAMPLES, crop_samples: int | None = None) -> None:
+
+class _TrainExample:
+  """Local example `i` of a process that feeds `rows` of every global batch.
+
+  Everything is a function of the example's global position g = step * global_batch_size + row:
+  which record (a new shuffle every epoch), and its random crop (a generator seeded with
+  (seed, g)). So the batches, and the model trained on them, depend neither on how the devices
+  are split into processes nor on the number of loader workers, and a run resumes at any step
+  by starting from it.
+  """
+
+  def __init__(
+    self,
+    source: Sequence[dict],
+    *,
+    seed: int,
+    global_batch_size: int,
+    rows: np.ndarray,
+    num_samples: int,
+    crop_samples: int | None,
+  ) -> None:
     if crop_samples is not None and not 0 < crop_samples <= num_samples:
-      raise ValueError(f"crop_samples {crop_samples} is not in (0, num_samples={num_samples}]")
-    self.num_samples = num_samples
-    self.crop_samples = crop_samples
+      raise ConfigError("data.crop_samples", f"{crop_samples} is not in (0, num_samples={num_samples}]")
+    # Index g of `records` is position g of an endless stream of per-epoch shuffles.
+    self.records = grain.MapDataset.source(source).shuffle(seed=seed)
+    self.seed, self.global_batch_size, self.rows = seed, global_batch_size, rows
+    self.num_samples, self.crop_samples = num_samples, crop_samples
 
-  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+  def __call__(self, i: int) -> dict[str, Any]:
+    step, k = divmod(int(i), len(self.rows))
+    position = step * self.global_batch_size + int(self.rows[k])
+    element = self.records[position]
     audio = to_clip(np.asarray(element["audio"], np.int16), self.num_samples)
     if self.crop_samples is not None:
+      rng = np.random.default_rng([self.seed, position])
       start = rng.integers(0, self.num_samples - self.crop_samples + 1)
       audio = audio[start : start + self.crop_samples]
     return {"audio": audio, "label": np.int32(element["label"])}
 
 
-def train_loader(
+def train_batches(
   source: Sequence[dict],
   *,
   global_batch_size: int,
   seed: int,
+  rows: Sequence[int],
+  start_step: int,
+  num_steps: int,
   num_samples: int = CLIP_SAMPLES,
   crop_samples: int | None = None,
   worker_count: int = 0,
-  shard_index: int | None = None,
-  shard_count: int | None = None,
-  worker_buffer_size: int = 1,
-) -> grain.DataLoader:
-  """Infinite shuffled training batches of this process's shard.
+) -> Iterator[dict]:
+  """This process's part of the training batches `start_step` .. `num_steps - 1`.
 
-  iter(loader) yields {"audio": int16 (local_batch, crop_samples or num_samples),
-  "label": int32 (local_batch,)}. The shards are disjoint (records beyond an even split are
-  left out of every shard); each epoch reshuffles. The iterator's get_state()/set_state()
-  resume exactly; the state is only valid for a loader built with the same arguments.
+  Yields {"audio": int16 (len(rows), crop_samples or num_samples), "label": int32 (len(rows),)}:
+  rows `rows` of each global batch, which `sharding.process_rows` gives for the mesh.
   """
-  shard_index, shard_count = _shard(shard_index, shard_count)
-  local_batch = _local_batch(global_batch_size, shard_count)
-  _check_worker_count(worker_count)
-  shard_options = grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True)
-  if len(source) // shard_count == 0:
-    raise ValueError(f"{len(source)} examples cannot be split into {shard_count} shards")
-  sampler = grain.samplers.IndexSampler(
-    num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=None, seed=seed
+  rows = _check_rows(rows, global_batch_size)
+  if not len(source):
+    raise ValueError("the training split has no examples")
+  example = _TrainExample(
+    source,
+    seed=seed,
+    global_batch_size=global_batch_size,
+    rows=rows,
+    num_samples=num_samples,
+    crop_samples=crop_samples,
   )
-  return grain.DataLoader(
-    data_source=source,
-    sampler=sampler,
-    operations=[TileAndCrop(num_samples, crop_samples), grain.transforms.Batch(local_batch, drop_remainder=True)],
-    worker_count=worker_count,
-    worker_buffer_size=worker_buffer_size,
-    shard_options=shard_options,
-  )
+  examples = grain.MapDataset.range(start_step * len(rows), num_steps * len(rows)).map(example)
+  return _iterate(examples, len(rows), worker_count)
 
 
-class PaddedSource:
-  """`source` with "mask" and "index" added, padded with masked dummies to `length`."""
+class _EvalExample:
+  """Local example `i`: global position g in one ordered pass, padded with masked dummies."""
 
-  def __init__(self, source: Sequence[dict], length: int) -> None:
-    self.source = source
-    self.length = length
+  def __init__(self, source: Sequence[dict], *, global_batch_size: int, rows: np.ndarray, num_samples: int) -> None:
+    self.source, self.global_batch_size, self.rows, self.num_samples = source, global_batch_size, rows, num_samples
 
-  def __len__(self) -> int:
-    return self.length
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    if index < len(self.source):
-      element = self.source[index]
-      return {"audio": element["audio"], "label": element["label"], "mask": True, "index": index}
-    if index < self.length:
-      return {"audio": np.zeros(1, np.int16), "label": 0, "mask": False, "index": PAD_INDEX}
-    raise IndexError(f"index {index} out of range for {self.length} elements")
-
-  def __repr__(self) -> str:
-    # Grain checks a restored state against repr(source); never print in-memory data.
-    inner = self.source if not isinstance(self.source, (list, tuple)) else type(self.source)
-    return f"PaddedSource({inner!r}, length={self.length})"
-
-
-class EvalTransform(grain.transforms.Map):
-  """Tiles to `num_samples` and fixes the dtypes of label, mask and index."""
-
-  def __init__(self, num_samples: int = CLIP_SAMPLES) -> None:
-    self.num_samples = num_samples
-
-  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+  def __call__(self, i: int) -> dict[str, Any]:
+    step, k = divmod(int(i), len(self.rows))
+    position = step * self.global_batch_size + int(self.rows[k])
+    if position < len(self.source):
+      element = self.source[position]
+      audio, label, mask, index = element["audio"], element["label"], True, position
+      clip_id = element.get("clip_id", b"")
+    else:
+      audio, label, mask, index, clip_id = np.zeros(1, np.int16), 0, False, PAD_INDEX, b""
     return {
-      "audio": to_clip(np.asarray(element["audio"], np.int16), self.num_samples),
-      "label": np.int32(element["label"]),
-      "mask": np.bool_(element["mask"]),
-      "index": np.int64(element["index"]),
+      "audio": to_clip(np.asarray(audio, np.int16), self.num_samples),
+      "label": np.int32(label),
+      "mask": np.bool_(mask),
+      "index": np.int64(index),
+      "clip_id": clip_id if isinstance(clip_id, bytes) else str(clip_id).encode(),
     }
 
 
-def eval_loader(
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+  return max(math.ceil(num_examples / global_batch_size), 1)
+
+
+def eval_batches(
   source: Sequence[dict],
   *,
   global_batch_size: int,
+  rows: Sequence[int],
   num_samples: int = CLIP_SAMPLES,
   worker_count: int = 0,
-  shard_index: int | None = None,
-  shard_count: int | None = None,
-  worker_buffer_size: int = 1,
-) -> grain.DataLoader:
-  """One ordered pass in which, over all shards, every example appears exactly once.
+) -> Iterator[dict]:
+  """This process's part of one ordered pass in which every example appears exactly once.
 
-  Yields {"audio", "label", "mask": bool, "index": int64} of shape (local_batch, ...). The
-  data is padded to a whole number of global batches, so every shard yields the same
-  number of batches (collectives stay in step); padding has mask False and index -1.
+  Yields {"audio", "label", "mask": bool, "index": int64, "clip_id": bytes} for rows `rows` of
+  each global batch. The data is padded to a whole number of global batches, so every process
+  yields the same number of batches (collectives stay in step); padding has mask False and
+  index -1.
   """
-  shard_index, shard_count = _shard(shard_index, shard_count)
-  local_batch = _local_batch(global_batch_size, shard_count)
-  _check_worker_count(worker_count)
-  num_batches = max(math.ceil(len(source) / global_batch_size), 1)
-  padded = PaddedSource(source, num_batches * global_batch_size)
-  shard_options = grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(
-    num_records=len(padded), shard_options=shard_options, shuffle=False, num_epochs=1
-  )
-  return grain.DataLoader(
-    data_source=padded,
-    sampler=sampler,
-    operations=[EvalTransform(num_samples), grain.transforms.Batch(local_batch, drop_remainder=False)],
-    worker_count=worker_count,
-    worker_buffer_size=worker_buffer_size,
-    shard_options=shard_options,
-  )
+  rows = _check_rows(rows, global_batch_size)
+  example = _EvalExample(source, global_batch_size=global_batch_size, rows=rows, num_samples=num_samples)
+  examples = grain.MapDataset.range(num_eval_batches(len(source), global_batch_size) * len(rows)).map(example)
+  return _iterate(examples, len(rows), worker_count)
 
 
 # ----------------------------------------------------------------------------- what a run reads
@@ -229,37 +256,49 @@ class Data:
 
 
 def load_data(config: ml_collections.ConfigDict, *, train: bool = True) -> Data:
-  """Opens the configured data set (`config.data`), building the synthetic one on first use."""
+  """Opens the configured data set (`config.data`), building the synthetic one on first use.
+
+  In a multi-process run process 0 builds it while the others wait, then all open it.
+  """
   data_dir = os.path.expanduser(config.data.data_dir)
   if config.data.config == SYNTHETIC:
-    ensure_synthetic(data_dir)
+    if jax.process_index() == 0:
+      ensure_synthetic(data_dir)
+    distributed.barrier("synthetic data set built")
   names = class_names(data_dir, config.data.config)
-  train_source = data_source(data_dir, config.data.train_split, config.data.config) if train else None
+  if not train:
+    train_source = None
+  elif config.data.get("train_dataset", vggsound_builder.NAME) == audioset_builder.NAME:
+    train_source = audioset_builder.data_source(data_dir, config.data.train_split)  # row A: multi-hot labels
+  else:
+    train_source = data_source(data_dir, config.data.train_split, config.data.config)
   eval_sources = {split: data_source(data_dir, split, config.data.config) for split in config.eval.splits}
   return Data(names, train_source, eval_sources)
 
 
-def train_iterator(config: ml_collections.ConfigDict, source: Sequence[dict]) -> Iterator[dict]:
-  """This process's training batches as `config` asks; checkpointable (`get_state`)."""
-  return iter(
-    train_loader(
-      source,
-      global_batch_size=config.batch_size,
-      seed=config.seed,
-      num_samples=config.data.num_samples,
-      crop_samples=config.data.crop_samples or None,
-      worker_count=config.data.worker_count,
-    )
+def train_iterator(
+  config: ml_collections.ConfigDict, source: Sequence[dict], rows: Sequence[int], *, start_step: int, num_steps: int
+) -> Iterator[dict]:
+  """The training batches `config` asks for, from `start_step` on, rows `rows` of each."""
+  return train_batches(
+    source,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    rows=rows,
+    start_step=start_step,
+    num_steps=num_steps,
+    num_samples=config.data.num_samples,
+    crop_samples=config.data.crop_samples or None,
+    worker_count=config.data.worker_count,
   )
 
 
-def eval_batches(config: ml_collections.ConfigDict, source: Sequence[dict]) -> Iterator[dict]:
-  """This process's share of one padded pass over `source`, as `config.eval` asks."""
-  return iter(
-    eval_loader(
-      source,
-      global_batch_size=config.eval.batch_size,
-      num_samples=config.eval.num_samples,
-      worker_count=config.data.worker_count,
-    )
+def eval_iterator(config: ml_collections.ConfigDict, source: Sequence[dict], rows: Sequence[int]) -> Iterator[dict]:
+  """One padded pass over `source`, as `config.eval` asks, rows `rows` of each global batch."""
+  return eval_batches(
+    source,
+    global_batch_size=config.eval.batch_size,
+    rows=rows,
+    num_samples=config.eval.num_samples,
+    worker_count=config.data.worker_count,
   )

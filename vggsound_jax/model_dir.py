@@ -1,11 +1,22 @@
 """The on-disk format of a model, converted from PyTorch or exported by training.
 
-A model directory is an Orbax checkpoint with two items:
+A model directory is an Orbax checkpoint with two items, and a manifest:
 
 - `state`: the model's `ModelState`, `{"params", "batch_stats"}`, as pure nested dicts;
 - `metadata`: JSON with `format` (`MODEL_FORMAT`), `model_config` (the ModelConfig fields),
   `class_names` (model output order) and free-form `source` (e.g. the converted file and its
-  sha256).
+  sha256);
+- `SHA256SUMS` (`MANIFEST`): the sha256 of every other file, in the format of `sha256sum`
+  (`sha256sum -c SHA256SUMS` checks it by hand). Loading checks it first, so a changed,
+  truncated, missing or added file is one error naming that file, never a silently wrong model.
+  (Directories of the earlier format, `UNCHECKED_FORMATS`, have none and load unchecked.)
+
+Writing never leaves a half-written directory and never destroys what this project did not
+write: `save_model` refuses a non-finite state, writes to a scratch sibling (`.NAME.saving`),
+and renames it into place. An existing directory is replaced only with `overwrite=True`, and
+only if it is empty or a model directory written here (recognised by its metadata `format`,
+holding no file its manifest does not list); never the current directory or one of its
+parents, a file, or a symbolic link.
 
 Loading needs neither torch nor the training code: the architecture is rebuilt from
 `model_config`, and the state restored into it.
@@ -15,25 +26,44 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from vggsound_jax.errors import PathError
 from vggsound_jax.models import ModelConfig, ResNet, abstract_model_state, graphdefs, merge_model, split_model
 
-MODEL_FORMAT = "vggsound_jax.model/2"  # /2: state split into params and batch_stats
+# /3: with the SHA256SUMS manifest; /2: state split into params and batch_stats.
+MODEL_FORMAT = "vggsound_jax.model/3"
+# Written before manifests existed: still loaded, without the check (write them again to get it).
+UNCHECKED_FORMATS = ("vggsound_jax.model/2",)
+# Every format this project ever wrote starts so: what `overwrite` may replace.
+FORMAT_FAMILY = "vggsound_jax.model/"
 STATE_ITEM = "state"
 METADATA_ITEM = "metadata"
+MANIFEST = "SHA256SUMS"
+# Where Orbax's JsonSave puts the metadata item's JSON (read directly to recognise our directories).
+_METADATA_JSON = Path(METADATA_ITEM) / "metadata"
+# Scratch siblings of a model directory NAME while it is written or replaced.
+SAVING_SUFFIX = ".saving"
+REPLACED_SUFFIX = ".replaced"
 
 
 class ModelCheckpointError(PathError):
-  """A directory that is not a (readable) model checkpoint."""
+  """A directory that is not a (readable) model checkpoint, or a file of one that is damaged."""
+
+
+class NonFiniteModelError(ModelCheckpointError):
+  """A model whose parameters or statistics hold NaN or inf: never written."""
 
 
 @contextlib.contextmanager
@@ -51,6 +81,165 @@ def _one_line(e: Exception) -> str:
   return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _scratch(directory: Path, suffix: str) -> Path:
+  return directory.with_name(f".{directory.name}{suffix}")
+
+
+def _read_format(directory: Path) -> str | None:
+  """The metadata `format` of a directory, read without Orbax; None when there is none."""
+  try:
+    metadata = json.loads((directory / _METADATA_JSON).read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return None
+  value = metadata.get("format") if isinstance(metadata, dict) else None
+  return value if isinstance(value, str) else None
+
+
+def _files(directory: Path) -> list[str]:
+  """Every file under `directory`, as sorted '/'-separated relative paths."""
+  return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
+
+
+def _sha256(path: Path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+  lines = [f"{_sha256(directory / name)}  {name}\n" for name in _files(directory) if name != MANIFEST]
+  with open(directory / MANIFEST, "w", encoding="utf-8") as f:
+    f.writelines(lines)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _read_manifest(directory: Path) -> dict[str, str]:
+  path = directory / MANIFEST
+  entries = {}
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except FileNotFoundError:
+    raise ModelCheckpointError(path, "missing: the model directory is incomplete (write it again)") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ModelCheckpointError(path, f"unreadable ({_one_line(e)})") from None
+  for number, line in enumerate(lines, 1):
+    digest, sep, name = line.partition("  ")
+    if not sep or len(digest) != 64 or not name or ".." in name.split("/") or name.startswith("/"):
+      raise ModelCheckpointError(path, f"line {number} is malformed (damaged manifest)")
+    entries[name] = digest
+  return entries
+
+
+def verify_manifest(directory: str | os.PathLike) -> None:
+  """Checks every file of a model directory against its SHA256SUMS; raises naming the first bad file."""
+  directory = Path(directory).absolute()
+  expected = _read_manifest(directory)
+  present = set(_files(directory)) - {MANIFEST}
+  extra = sorted(present - set(expected))
+  if extra:
+    raise ModelCheckpointError(directory / extra[0], f"not part of the model (absent from {MANIFEST}); remove it")
+  for name, digest in expected.items():
+    path = directory / name
+    if name not in present:
+      raise ModelCheckpointError(path, f"missing (listed in {MANIFEST}): the model directory is damaged")
+    try:
+      actual = _sha256(path)
+    except OSError as e:
+      raise ModelCheckpointError(path, f"unreadable ({e.strerror or e})") from None
+    if actual != digest:
+      raise ModelCheckpointError(path, f"damaged: its sha256 differs from {MANIFEST} (changed or truncated)")
+
+
+def _non_finite_paths(state: dict[str, Any]) -> list[str]:
+  """'/'-joined paths of the leaves holding NaN or inf (each distinct shard checked once).
+
+  Only this process's shards are read: the model state is replicated (or local), so every
+  process reaches the same answer without talking to the others.
+  """
+  bad = []
+  for path, leaf in traverse_util.flatten_dict(state).items():
+    if isinstance(leaf, jax.Array):
+      seen, pieces = set(), []
+      for shard in leaf.addressable_shards:
+        key = str(shard.index)
+        if key not in seen:
+          seen.add(key)
+          pieces.append(np.asarray(shard.data))
+    else:
+      pieces = [np.asarray(leaf)]
+    if any(np.issubdtype(p.dtype, np.inexact) and not np.isfinite(p).all() for p in pieces):
+      bad.append("/".join(map(str, path)))
+  return bad
+
+
+def check_target(directory: str | os.PathLike, *, overwrite: bool) -> Path:
+  """Raises ModelCheckpointError unless `save_model(directory, overwrite=overwrite)` may write there.
+
+  Cheap (reads no arrays): the commands call it before any work. Returns the absolute path.
+  """
+  directory = Path(os.path.abspath(directory))
+  cwd = Path.cwd().resolve()
+  resolved = directory.resolve()
+  if resolved == cwd or resolved in cwd.parents:
+    raise ModelCheckpointError(directory, "is the current directory or one of its parents (refusing to replace it)")
+  if directory.is_symlink():
+    raise ModelCheckpointError(directory, "is a symbolic link (refusing to replace it; give a new directory)")
+  if not directory.exists():
+    return directory
+  if not overwrite:
+    raise ModelCheckpointError(directory, "already exists (pass --overwrite to replace a model directory)")
+  if not directory.is_dir():
+    raise ModelCheckpointError(directory, "is a file, not a model directory (refusing to replace it)")
+  if not any(directory.iterdir()):
+    return directory
+  found = _read_format(directory)
+  if found is None or not found.startswith(FORMAT_FAMILY):
+    raise ModelCheckpointError(
+      directory, "is not a model directory written by vggsound-jax (refusing to replace it; give a new directory)"
+    )
+  if (directory / MANIFEST).is_file():
+    listed = set(_read_manifest(directory)) | {MANIFEST}
+    foreign = [name for name in _files(directory) if name not in listed]
+    if foreign:
+      raise ModelCheckpointError(
+        directory / foreign[0], "was not written by vggsound-jax (refusing to replace its model directory)"
+      )
+  return directory
+
+
+def _recover_interrupted_replace(directory: Path) -> None:
+  """A save killed between its two renames left the previous model at `.NAME.replaced`."""
+  replaced = _scratch(directory, REPLACED_SUFFIX)
+  if not replaced.is_dir() or not (_read_format(replaced) or "").startswith(FORMAT_FAMILY):
+    return
+  if directory.exists():
+    shutil.rmtree(replaced)  # the newer model made it into place
+  else:
+    os.rename(replaced, directory)
+
+
+def _remove_scratch(saving: Path) -> None:
+  """Removes what a killed save left at `.NAME.saving` (and Orbax's own temporaries of it)."""
+  for path in [saving, *saving.parent.glob(f"{saving.name}.orbax-checkpoint-tmp*")]:
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _fsync_directory(directory: Path) -> None:
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
 def save_model(
   directory: str | os.PathLike,
   model: ResNet,
@@ -59,51 +248,95 @@ def save_model(
   source: dict[str, Any] | None = None,
   overwrite: bool = False,
 ) -> Path:
-  """Writes `model` (its config, parameters and BatchNorm statistics) to a new directory.
+  """Writes `model` (its config, parameters and BatchNorm statistics) as a model directory.
 
-  `class_names` must list the model's outputs in order. An existing directory is replaced only
-  with `overwrite=True`. Returns the absolute directory.
+  `class_names` must list the model's outputs in order. The directory appears complete or not
+  at all. An existing one is replaced only with `overwrite=True` and only if it is a model
+  directory (see `check_target`). Raises NonFiniteModelError, naming the parameter, for a state
+  with NaN or inf. In a multi-process run every process calls it. Returns the absolute directory.
   """
-  directory = Path(directory).absolute()
+  directory = Path(os.path.abspath(directory))
   config = model.config
   if len(class_names) != config.num_classes:
     raise ValueError(f"{directory}: {len(class_names)} class names for a model with {config.num_classes} outputs")
-  if directory.exists() and not overwrite:
-    raise ModelCheckpointError(directory, "already exists (refusing to overwrite it)")
+  state = {k: nnx.to_pure_dict(v) for k, v in split_model(model)[1].items()}
+  bad = _non_finite_paths(state)
+  if bad:
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise NonFiniteModelError(directory, f"refusing to write a model with NaN or inf in {bad[0]}{more}")
+  primary = jax.process_index() == 0
+  if primary:
+    _recover_interrupted_replace(directory)
+  _sync("vggsound_jax.save_model.recover")
+  check_target(directory, overwrite=overwrite)
   metadata = {
     "format": MODEL_FORMAT,
     "model_config": dataclasses.asdict(config),
     "class_names": list(class_names),
     "source": dict(source or {}),
   }
-  state = {k: nnx.to_pure_dict(v) for k, v in split_model(model)[1].items()}
-  with _checkpointer() as checkpointer:
-    checkpointer.save(
-      directory,
-      ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(metadata)}),
-      force=overwrite,
-    )
+  saving = _scratch(directory, SAVING_SUFFIX)
+  if primary:
+    try:
+      directory.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise ModelCheckpointError(directory.parent, f"cannot create the directory ({e.strerror or e})") from None
+    _remove_scratch(saving)
+  _sync("vggsound_jax.save_model.start")
+  try:
+    with _checkpointer() as checkpointer:
+      checkpointer.save(
+        saving,
+        ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(metadata)}),
+      )
+    if primary:
+      _write_manifest(saving)
+  except BaseException:
+    if primary:
+      _remove_scratch(saving)
+    raise
+  if primary:
+    if directory.exists():  # checked above: empty, or a model directory this project wrote
+      if any(directory.iterdir()):
+        replaced = _scratch(directory, REPLACED_SUFFIX)
+        os.rename(directory, replaced)
+        os.rename(saving, directory)
+        shutil.rmtree(replaced)
+      else:
+        os.rmdir(directory)
+        os.rename(saving, directory)
+    else:
+      os.rename(saving, directory)
+    _fsync_directory(directory.parent)
+  _sync("vggsound_jax.save_model.done")
   return directory
 
 
 def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-  """The JSON metadata of a model directory (cheap: reads no arrays)."""
+  """The JSON metadata of a model directory, after checking every file against its manifest."""
   directory = Path(directory).absolute()
   if not directory.is_dir():
+    replaced = _scratch(directory, REPLACED_SUFFIX)
+    if replaced.is_dir():
+      raise ModelCheckpointError(
+        directory, f"no such model directory (a save was interrupted: the previous model is {replaced}; rename it back)"
+      )
     raise ModelCheckpointError(directory, "no such model directory")
   if not (directory / METADATA_ITEM).is_dir() or not (directory / STATE_ITEM).is_dir():
     raise ModelCheckpointError(
       directory,
       f"not a model checkpoint (expected '{STATE_ITEM}' and '{METADATA_ITEM}' inside; "
-      "make one with converters/pytorch_to_flax.py or training)",
+      "make one with vggsound-convert or training)",
     )
+  if _read_format(directory) not in UNCHECKED_FORMATS:
+    verify_manifest(directory)  # also when the metadata itself is damaged
   try:
     with _checkpointer() as checkpointer:
       restored = checkpointer.restore(directory, ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()}))
     metadata = restored[METADATA_ITEM]
   except Exception as e:  # Orbax raises many kinds; the caller needs one line
     raise ModelCheckpointError(directory, f"unreadable metadata ({_one_line(e)})") from None
-  if not isinstance(metadata, dict) or metadata.get("format") != MODEL_FORMAT:
+  if not isinstance(metadata, dict) or metadata.get("format") not in (MODEL_FORMAT, *UNCHECKED_FORMATS):
     found = metadata.get("format") if isinstance(metadata, dict) else None
     raise ModelCheckpointError(directory, f"not a model checkpoint (format {found!r}, expected {MODEL_FORMAT!r})")
   return metadata

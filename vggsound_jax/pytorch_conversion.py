@@ -156,7 +156,8 @@ def torch_shape(flax_shape: tuple[int, ...], is_kernel: bool) -> tuple[int, ...]
 def flax_model_from_state_dict(state_dict: Mapping[str, Any], dtype: str | None = None) -> ResNet:
   """A Flax ResNet (eval mode) holding the weights of a PyTorch state dict or checkpoint dict.
 
-  Raises ValueError listing every missing, unexpected and mis-shaped key.
+  Raises ValueError listing every missing, unexpected and mis-shaped key, or every tensor
+  holding NaN or inf.
   """
   from flax import nnx, traverse_util
 
@@ -166,7 +167,7 @@ def flax_model_from_state_dict(state_dict: Mapping[str, Any], dtype: str | None 
   config = infer_config(state, dtype or "float32")
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
   expected = traverse_util.flatten_dict(nnx.to_pure_dict(abstract))
-  values, missing, mismatched = {}, [], []
+  values, missing, mismatched, non_finite = {}, [], [], []
   used = set()
   for path, leaf in expected.items():
     key = torch_key(path, config.head)
@@ -180,6 +181,10 @@ def flax_model_from_state_dict(state_dict: Mapping[str, Any], dtype: str | None 
     if array.shape != want:
       mismatched.append(f"{prefix}{key} {tuple(array.shape)} (expected {want})")
       continue
+    if np.issubdtype(array.dtype, np.inexact):
+      bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+      if bad:
+        non_finite.append(f"{prefix}{key} ({bad} of {array.size} values)")
     values[path] = to_flax_layout(array.astype(np.float32), is_kernel)
   unexpected = sorted(prefix + key for key in set(state) - used)
   if missing or unexpected or mismatched:
@@ -190,6 +195,9 @@ def flax_model_from_state_dict(state_dict: Mapping[str, Any], dtype: str | None 
     raise ValueError(
       f"state dict does not fit ResNet-{config.depth} {config.head} width {config.width}: " + "; ".join(problems)
     )
+  if non_finite:
+    # A diverged or damaged source: refused here, where the PyTorch name of the tensor is known.
+    raise ValueError("NaN or inf in " + ", ".join(non_finite))
   nnx.replace_by_pure_dict(abstract, traverse_util.unflatten_dict(values))
   model = nnx.merge(graphdef, abstract)
   model.eval()
@@ -204,15 +212,23 @@ def sha256_of(path: str | os.PathLike) -> str:
 def convert(input_path: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
   """Converts one PyTorch checkpoint file to a model directory; returns its metadata.
 
-  Raises TorchCheckpointError, ConversionError or ModelCheckpointError (all ValueErrors
-  whose message names the file and the problem).
+  An existing `output_dir` is replaced only with `overwrite` and only if it is a model
+  directory (`vggsound_jax.model_dir.check_target`). Raises TorchCheckpointError,
+  ConversionError or ModelCheckpointError (all ValueErrors whose message names the file and
+  the problem).
   """
-  from vggsound_jax import labels
-  from vggsound_jax.model_dir import load_metadata, save_model
+  from vggsound_jax import labels, vggish_conversion
+  from vggsound_jax.model_dir import check_target, load_metadata, save_model
   from vggsound_jax.torch_pickle import load_torch_checkpoint
 
   input_path = Path(input_path)
+  check_target(output_dir, overwrite=overwrite)  # before the work, and again when writing
+  # VGGish's released weights (rows A-C): Google's TF checkpoint, or torchvggish's state dict.
+  if vggish_conversion.checkpoint_kind(input_path) == vggish_conversion.TENSORFLOW:
+    return vggish_conversion.convert(input_path, output_dir, overwrite=overwrite)
   checkpoint = load_torch_checkpoint(input_path)
+  if vggish_conversion.is_vggish_state_dict(checkpoint):
+    return vggish_conversion.convert(input_path, output_dir, overwrite=overwrite, checkpoint=checkpoint)
   try:
     model = flax_model_from_state_dict(checkpoint)
   except ValueError as e:

@@ -3,37 +3,21 @@
 Data parallelism over one mesh axis: each batch is split along its first dimension over all
 devices of all processes, the train state is replicated. Under `jax.jit` the compiler then
 inserts the gradient all-reduce and computes BatchNorm statistics over the global batch.
-This replaces `jax.pmap`, which is in maintenance mode since JAX 0.8.
-
-Launching:
-- one GPU / CPU: `python scripts/train.py ...`;
-- several GPUs on one host: the same command; all local devices join the mesh;
-- several processes (TPU pod slice, multi-node GPU): start the same command on every host
-  with `--multiprocess`; `jax.distributed.initialize()` detects the cluster (TPU, SLURM,
-  Open MPI) or reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Each
-  process reads its own shard of the data and feeds it with `shard_batch`.
+This replaces `jax.pmap`, which is in maintenance mode since JAX 0.8. Joining a multi-process
+run is `distributed.py`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vggsound_jax.errors import ConfigError
+
 DATA_AXIS = "data"
-
-
-def initialize_distributed(force: bool = False) -> None:
-  """Joins a multi-process run; a no-op for a single process unless `force` is set.
-
-  Without arguments JAX detects TPU pods, SLURM and Open MPI clusters itself; elsewhere it
-  takes the coordinator from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
-  """
-  if force or "JAX_COORDINATOR_ADDRESS" in os.environ:
-    jax.distributed.initialize()
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -53,15 +37,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def local_batch_size(global_batch_size: int) -> int:
-  """This process's share of the global batch; the global batch must split evenly."""
-  if global_batch_size % jax.device_count():
-    raise ValueError(f"global batch size {global_batch_size} is not a multiple of the {jax.device_count()} devices")
-  return global_batch_size // jax.process_count()
+def check_batch_size(field: str, global_batch_size: int, mesh: Mesh) -> None:
+  """A global batch must split evenly over the mesh's devices."""
+  devices = mesh.devices.size
+  if global_batch_size <= 0 or global_batch_size % devices:
+    raise ConfigError(field, f"{global_batch_size} is not a positive multiple of the {devices} devices")
+
+
+def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
+  """The rows of a global batch that this process's devices hold, in order.
+
+  The input pipeline reads exactly these examples, so the global batch is the same whatever
+  the split of devices into processes.
+  """
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+  rows = sorted({row for index in index_map.values() for row in range(*index[0].indices(global_batch_size))})
+  if rows != list(range(rows[0], rows[0] + len(rows))):
+    raise ValueError(f"this process's devices hold rows {rows} of the batch, which are not contiguous")
+  return np.asarray(rows, np.int64)
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """This process's local batch (numpy) -> global jax.Arrays sharded over the data axis."""
+  """This process's rows of a global batch (numpy) -> global jax.Arrays sharded over the data axis."""
   sharding = batch_sharding(mesh)
   return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in batch.items()}
 

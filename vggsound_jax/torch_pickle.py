@@ -13,6 +13,14 @@ Both serialisation formats are read (docs/original_pipeline.md#released-checkpoi
   storage `k` in `<archive>/data/k`, and their byte order in `<archive>/byteorder`.
 
 Storage location tags ('cpu', 'cuda:0', ...) are ignored: everything is loaded to host memory.
+
+A damaged or hostile file gets one TorchCheckpointError, never another exception, and cannot
+make the reader allocate more than `MAX_BYTES_PER_FILE_BYTE` times its own size (plus
+`BYTES_SLACK`), whatever sizes it declares: pickles are read by Python's pure-Python
+unpickler, whose memo is a dict (the C one allocates an array as long as the largest memo index
+a pickle names), storage and zip member sizes are checked before they are read, and every
+byte loaded or copied into a tensor counts against that bound. Zip member names are only looked
+up, never used as paths.
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ import collections
 import io
 import os
 import pickle
+import re
 import struct
 import zipfile
+import zlib
+from collections.abc import Callable
 from typing import IO, Any, NoReturn
 
 import ml_dtypes
@@ -36,6 +47,13 @@ LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 # A zip-format checkpoint starts with a local file header.
 ZIP_MAGIC = b"PK\x03\x04"
+# What one file may make the reader hold: every storage read and every tensor built counts.
+# Real checkpoints need about 2x (the storages, then their tensors); shared storages, tied
+# weights and compressed zip members a little more.
+MAX_BYTES_PER_FILE_BYTE = 8
+BYTES_SLACK = 64 * 2**20
+# torch names storages by decimal numbers; anything else is refused rather than looked up.
+_STORAGE_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 # torch.<Name>Storage -> element dtype (little-endian on disk unless `byteorder` says otherwise).
 STORAGE_DTYPES = {
@@ -61,6 +79,19 @@ class TorchCheckpointError(PathError):
 
 class _Problem(Exception):
   """Raised inside the reader; turned into a TorchCheckpointError naming the file."""
+
+
+class _Budget:
+  """The bytes one file may make the reader hold (see MAX_BYTES_PER_FILE_BYTE)."""
+
+  def __init__(self, file_size: int) -> None:
+    self.file_size = file_size
+    self.left = MAX_BYTES_PER_FILE_BYTE * file_size + BYTES_SLACK
+
+  def spend(self, nbytes: int, what: str) -> None:
+    if nbytes > self.left:
+      raise _Problem(f"{what} declares {nbytes} bytes, more than a file of {self.file_size} bytes can hold")
+    self.left -= nbytes
 
 
 class _Inert:
@@ -104,8 +135,10 @@ class _LazyTensor(_Inert):
   def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
     self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
-  def materialize(self) -> np.ndarray:
+  def materialize(self, budget: _Budget) -> np.ndarray:
     data = self.storage.array()
+    # Views may overlap (stride 0) or share one storage: the copy, not the storage, is bounded.
+    budget.spend(int(np.prod(self.size, dtype=object)) * data.dtype.itemsize, "a tensor")
     if not self.size:
       return np.array(data[self.offset])  # 0-d array, not a numpy scalar
     if 0 in self.size:
@@ -163,12 +196,29 @@ class _TensorType(_Inert):
     self.name = name
 
 
-def _rebuild_from_type_v2(func: object, new_type: object, args: tuple, state: object) -> _LazyTensor:
+class _Function(_Inert):
+  """An allowed function, behind an object a pickle cannot modify (BUILD on a plain function
+  could set its `__defaults__`, for every later load in the process)."""
+
+  def __init__(self, function: Callable[..., Any]) -> None:
+    self._function = function
+
+  def __call__(self, *args: object) -> Any:
+    return self._function(*args)
+
+
+_REBUILD_TENSOR = _Function(_rebuild_tensor)
+_REBUILD_PARAMETER = _Function(_rebuild_parameter)
+
+
+def _rebuild_from_type_v2(func: object, new_type: object, args: object, state: object) -> _LazyTensor:
   """torch._tensor._rebuild_from_type_v2, for plain tensors and parameters without state."""
-  if func not in (_rebuild_tensor, _rebuild_parameter) or not isinstance(new_type, _TensorType):
+  if func not in (_REBUILD_TENSOR, _REBUILD_PARAMETER) or not isinstance(new_type, _TensorType):
     raise _Problem("malformed tensor: unsupported _rebuild_from_type_v2 arguments")
+  if not isinstance(args, tuple):
+    raise _Problem(f"malformed tensor: arguments {type(args).__name__}")
   if state:
-    raise _Problem(f"refused tensor with Python state {sorted(state)!r}")
+    raise _Problem(f"refused tensor with Python state {type(state).__name__}")
   return func(*args)
 
 
@@ -183,24 +233,37 @@ _ALLOWED_GLOBALS = {
   ("collections", "OrderedDict"): collections.OrderedDict,
   ("builtins", "set"): set,
   ("builtins", "frozenset"): frozenset,
-  ("_codecs", "encode"): _codecs_encode,
-  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-  ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+  ("_codecs", "encode"): _Function(_codecs_encode),
+  ("torch._utils", "_rebuild_tensor"): _REBUILD_TENSOR,
+  ("torch._utils", "_rebuild_tensor_v2"): _REBUILD_TENSOR,
+  ("torch._utils", "_rebuild_parameter"): _REBUILD_PARAMETER,
+  ("torch._utils", "_rebuild_parameter_with_state"): _REBUILD_PARAMETER,
+  ("torch._tensor", "_rebuild_from_type_v2"): _Function(_rebuild_from_type_v2),
   ("torch", "Tensor"): _TensorType("torch.Tensor"),
   ("torch.nn.parameter", "Parameter"): _TensorType("torch.nn.parameter.Parameter"),
   **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# The pure-Python unpickler on purpose: the C one (pickle.Unpickler) keeps its memo in an array
+# and grows it to the largest index a pickle names, so 8 flipped bytes make it allocate and
+# zero gigabytes. Checkpoint pickles are small (the tensor data lies outside them).
+class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001
   """Resolves only `_ALLOWED_GLOBALS`; storages come back as `_Storage` placeholders."""
 
   def __init__(self, file: IO[bytes], storages: dict[str, _Storage]) -> None:
     super().__init__(file, encoding="utf-8")
     self._storages = storages
+
+  def _load_bytearray8(self) -> None:
+    # pickle's own allocates (and zeroes) the declared length before reading: read, then copy.
+    (length,) = struct.unpack("<Q", self.read(8))
+    data = self.read(length)  # never more than the file holds
+    if len(data) != length:
+      raise _Problem(f"truncated: a bytearray of {length} bytes has {len(data)}")
+    self.append(bytearray(data))
+
+  dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}  # noqa: SLF001
 
   def find_class(self, module: str, name: str) -> Any:
     # Protocol-2 pickles name Python 2 modules (`__builtin__`); map them as pickle itself does.
@@ -223,7 +286,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if len(pid) not in (5, 6) or not isinstance(pid[1], _StorageType):
       raise _Problem(f"malformed storage id {pid[:5]!r}")
     _, storage_type, key, _location, numel, *view = pid
-    if not isinstance(key, str):
+    if not isinstance(key, str) or not _STORAGE_KEY.fullmatch(key):
       raise _Problem(f"malformed storage key {key!r}")
     numel = _int(numel, "storage size")
     storage = self._storages.get(key)
@@ -235,7 +298,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
       # Legacy views (PyTorch < 1.0): (view key, element offset, view size) into the root storage.
       if not isinstance(view[0], tuple) or len(view[0]) != 3:
         raise _Problem(f"malformed storage view {view[0]!r}")
-      view_key, offset, size = str(view[0][0]), view[0][1], view[0][2]
+      view_key, offset, size = view[0]
+      if not isinstance(view_key, str) or not _STORAGE_KEY.fullmatch(view_key):
+        raise _Problem(f"malformed storage view key {view_key!r}")
       offset, size = _int(offset, "view offset"), _int(size, "view size")
       if offset + size > numel:
         raise _Problem(f"storage view {view_key} overruns storage {key}")
@@ -247,50 +312,91 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return storage
 
 
-def _materialize(obj: Any) -> Any:
-  """Replaces lazy tensors with numpy arrays; OrderedDicts become plain dicts."""
+def _materialize(obj: Any, budget: _Budget, done: dict[int, Any] | None = None) -> Any:
+  """Replaces lazy tensors with numpy arrays; OrderedDicts become plain dicts.
+
+  An object referenced many times is converted once (`done`, by id): a pickle can nest
+  references to references so that a walk without it takes exponential time.
+  """
+  done = {} if done is None else done
+  if id(obj) in done:
+    return done[id(obj)]
   if isinstance(obj, _LazyTensor):
-    return obj.materialize()
-  if isinstance(obj, dict):
-    return {k: _materialize(v) for k, v in obj.items()}
-  if isinstance(obj, list):
-    return [_materialize(v) for v in obj]
-  if isinstance(obj, tuple):
-    return tuple(_materialize(v) for v in obj)
-  if isinstance(obj, (set, frozenset)):
-    return type(obj)(_materialize(v) for v in obj)
-  if isinstance(obj, (_Storage, _StorageType, _TensorType)) or callable(obj):
-    raise _Problem(f"unexpected {type(obj).__name__} object outside a tensor")
-  return obj
+    result = obj.materialize(budget)
+  elif isinstance(obj, dict):
+    if any(isinstance(k, _Inert) for k in obj):
+      raise _Problem("unexpected tensor or storage used as a dictionary key")
+    result = {k: _materialize(v, budget, done) for k, v in obj.items()}
+  elif isinstance(obj, list):
+    result = [_materialize(v, budget, done) for v in obj]
+  elif isinstance(obj, tuple):
+    result = tuple(_materialize(v, budget, done) for v in obj)
+  elif isinstance(obj, (set, frozenset)):
+    result = type(obj)(_materialize(v, budget, done) for v in obj)
+  elif isinstance(obj, _Inert) or callable(obj):
+    raise _Problem(f"unexpected {type(obj).__name__.lstrip('_')} object outside a tensor")
+  else:
+    return obj
+  done[id(obj)] = result
+  return result
 
 
-def _read_zip(archive: zipfile.ZipFile) -> Any:
+def _read_member(archive: zipfile.ZipFile, name: str, budget: _Budget, expected: int | None = None) -> bytes:
+  """One zip member, its declared size checked (against `expected`, and the budget) before reading."""
+  try:
+    info = archive.getinfo(name)
+  except KeyError:
+    raise _Problem(f"{name} missing from the archive") from None
+  if info.flag_bits & 0x1:
+    raise _Problem(f"{name} is encrypted")
+  if expected is not None and info.file_size != expected:
+    raise _Problem(f"{name} holds {info.file_size} bytes, expected {expected}")
+  budget.spend(info.file_size, name)
+  return archive.read(info)
+
+
+def _read_zip(archive: zipfile.ZipFile, budget: _Budget) -> Any:
   pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
   if len(pickles) != 1:
     raise _Problem("zip file without exactly one '<archive>/data.pkl': not a PyTorch checkpoint")
   prefix = pickles[0][: -len("data.pkl")]
+  if prefix in ("/", "./", "../") or "\\" in prefix:
+    raise _Problem(f"unsafe archive name {prefix!r}")
   byteorder = "little"
   if prefix + "byteorder" in archive.namelist():
-    byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
+    byteorder = _read_member(archive, prefix + "byteorder", budget).decode("ascii", "replace").strip()
     if byteorder not in ("little", "big"):
       raise _Problem(f"unknown byte order {byteorder!r}")
   storages: dict[str, _Storage] = {}
-  obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), storages).load()
+  obj = _RestrictedUnpickler(io.BytesIO(_read_member(archive, pickles[0], budget)), storages).load()
   for key, storage in storages.items():
-    name = f"{prefix}data/{key}"
-    try:
-      raw = archive.read(name)
-    except KeyError:
-      raise _Problem(f"storage {key} missing from the archive ({name})") from None
-    expected = storage.numel * storage.dtype.itemsize
-    if len(raw) != expected:
-      raise _Problem(f"storage {key} holds {len(raw)} bytes, expected {expected}")
+    if storage.view_of is not None:
+      continue
+    raw = _read_member(archive, f"{prefix}data/{key}", budget, storage.numel * storage.dtype.itemsize)
     dtype = storage.dtype.newbyteorder("<" if byteorder == "little" else ">")
     storage.data = np.frombuffer(raw, dtype).astype(storage.dtype, copy=False)
   return obj
 
 
-def _read_legacy(f: IO[bytes]) -> Any:
+class _FileReader:
+  """A binary file whose reads never ask for more than is left in it (a buffered read of n
+  bytes allocates n first, and pickles declare their lengths)."""
+
+  def __init__(self, f: IO[bytes], size: int) -> None:
+    self._f, self._size = f, size
+
+  def left(self) -> int:
+    return max(0, self._size - self._f.tell())
+
+  def read(self, n: int = -1) -> bytes:
+    left = self.left()
+    return self._f.read(left if n is None or n < 0 or n > left else n)
+
+  def readline(self, limit: int = -1) -> bytes:
+    return self._f.readline(limit)
+
+
+def _read_legacy(f: _FileReader, budget: _Budget) -> Any:
   storages: dict[str, _Storage] = {}
 
   def load():
@@ -323,6 +429,9 @@ def _read_legacy(f: IO[bytes]) -> Any:
     if numel != storage.numel:
       raise _Problem(f"storage {key} holds {numel} elements, expected {storage.numel}")
     nbytes = numel * storage.dtype.itemsize
+    if nbytes > f.left():
+      raise _Problem(f"truncated: storage {key} declares {nbytes} bytes, {f.left()} are left in the file")
+    budget.spend(nbytes, f"storage {key}")
     raw = f.read(nbytes)
     if len(raw) != nbytes:
       raise _Problem(f"truncated: storage {key} has {len(raw)} of its {nbytes} bytes")
@@ -341,17 +450,19 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
   """
   try:
     with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      budget = _Budget(size)
       if zipfile.is_zipfile(f):
         f.seek(0)
         with zipfile.ZipFile(f) as archive:
-          obj = _read_zip(archive)
+          obj = _read_zip(archive, budget)
       else:
         f.seek(0)
         if f.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
           raise _Problem("truncated or corrupt zip archive (no central directory)")
         f.seek(0)
-        obj = _read_legacy(f)
-    return _materialize(obj)
+        obj = _read_legacy(_FileReader(f, size), budget)
+      return _materialize(obj, budget)
   except _Problem as e:
     raise TorchCheckpointError(path, str(e)) from None
   except FileNotFoundError:
@@ -365,6 +476,9 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
   except (
     pickle.UnpicklingError,
     zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,  # zipfile: an unknown compression method
+    OverflowError,
     ValueError,
     TypeError,
     AttributeError,
@@ -373,6 +487,6 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     struct.error,
     UnicodeDecodeError,
     MemoryError,
-    RecursionError,
+    RuntimeError,  # also RecursionError; zipfile's for other oddities of a damaged archive
   ) as e:
     raise TorchCheckpointError(path, f"corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None

@@ -4,12 +4,16 @@
   vggsound-build --data_dir DIR --config synthetic
 
 manual_dir holds `vggsound.csv`, the clip files (`{youtube_id}_{start:06d}.{wav,flac,mp4,mkv,
-webm}`, subfolders allowed) and optionally `AStest.csv` and `Common.txt` (see
-`vggsound_jax/datasets/vggsound.py` and docs/original_pipeline.md#the-data-set-as-users-have-it).
-Clips that are missing or cannot be decoded are skipped; the summary printed at the end and
+webm}`, subfolders allowed) and/or `.tar.gz` archives of them (the Hugging Face mirror's
+`vggsound_NN.tar.gz`, read without extracting them), and optionally `AStest.csv` and
+`Common.txt` (see `vggsound_jax/datasets/vggsound.py` and
+docs/original_pipeline.md#the-data-set-as-users-have-it). Clips that are missing, cannot be
+decoded or sit in a damaged part of an archive are skipped; the summary printed at the end and
 `build_report.json` in the dataset directory list them with the reason. A malformed list
 stops the build before decoding, with the file and line. An already built config is left as
-it is unless --overwrite is given: the script says so and prints the summary of its build.
+it is unless --overwrite is given: the script says so and prints the summary of its build; if
+it was built from other inputs (another csv, other clip files), that is an error pointing at
+--overwrite.
 """
 
 from __future__ import annotations
@@ -49,19 +53,17 @@ def main(argv: list[str]) -> None:
   from vggsound_jax.datasets import vggsound  # noqa: PLC0415
 
   builder = vggsound.Vggsound(config=_CONFIG.value, data_dir=_DATA_DIR.value)
-  already_built = builder.is_prepared() and not _OVERWRITE.value
-  try:
-    # The summary is printed here, once, so the builder does not log it too.
-    report = vggsound.build(
-      _DATA_DIR.value,
-      config=_CONFIG.value,
-      manual_dir=_MANUAL_DIR.value,
-      num_workers=_NUM_WORKERS.value,
-      overwrite=_OVERWRITE.value,
-      log_summary=False,
-    )
-  except (vggsound.ClipListError, vggsound.ManualDirError, OSError) as e:
-    sys.exit(f"error: {e}")
+  already_built = builder.is_built() and not _OVERWRITE.value
+  # The summary is printed here, once, so the builder does not log it too. Errors in the lists,
+  # manual_dir or data_dir are one line each (common.run_app).
+  report = vggsound.build(
+    _DATA_DIR.value,
+    config=_CONFIG.value,
+    manual_dir=_MANUAL_DIR.value,
+    num_workers=_NUM_WORKERS.value,
+    overwrite=_OVERWRITE.value,
+    log_summary=False,
+  )
   if already_built:
     print(f"{vggsound.NAME}/{_CONFIG.value} is already built: nothing done (--overwrite rebuilds it). Its build:")
   print(report.summary())

@@ -1,7 +1,7 @@
 """What the commands share: quiet library logs, one line per user error, start-up, results.
 
-Every absl command runs through `run_app`: library INFO logs (Orbax, JAX, TFDS) are hidden
-unless `--verbosity` is given (absl's own flag: `--verbosity=0` shows INFO), and an error the
+Every absl command runs through `run_app`: library logs (Orbax, JAX, TFDS) below ERROR are
+hidden unless `--verbosity` is given (absl's own flag: `--verbosity=0` shows INFO), and an error the
 user can fix (a bad file, a bad config value, a missing data set) is printed as one line,
 `error: ...`, with exit code 1; `--debug` shows the traceback instead.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +32,9 @@ def quiet_library_logs(verbose: bool = False) -> None:
   if verbose:
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)
   for name in _NOISY_LOGGERS:
-    py_logging.getLogger(name).setLevel(py_logging.WARNING)
+    py_logging.getLogger(name).setLevel(py_logging.ERROR)
 
 
 def run_app(main: Callable[[list[str]], None]) -> None:
@@ -50,21 +51,35 @@ def run_app(main: Callable[[list[str]], None]) -> None:
       print(f"error: {message}", file=sys.stderr)
       sys.exit(1)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)
 
 
-def start(multiprocess: bool) -> None:
-  """Joins a multi-process run if asked, and caches compiled programs on disk."""
-  from vggsound_jax import sharding  # noqa: PLC0415 - keeps --help fast
-  from vggsound_jax.inference import enable_compilation_cache  # noqa: PLC0415
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad config (a misspelt field, a wrong value type, an error in
+  the config file) reported as one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:
+    if "--debug" in argv:
+      raise
+    print(f"error: {_flag_problem(e)}", file=sys.stderr)
+    print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+    sys.exit(2)
 
-  sharding.initialize_distributed(force=multiprocess)
-  enable_compilation_cache()
+
+def _flag_problem(e: Exception) -> str:
+  """The last line of what went wrong: config_flags puts a whole traceback in its messages."""
+  text = str(e).replace("\\n", "\n").replace("\\'", "'")  # config_flags quotes its messages
+  misspelt = re.search(r"'(\w+)'\s*Did you mean \"(\w+)\"", text)
+  if misspelt:
+    return f"no config field {misspelt.group(1)!r} (did you mean {misspelt.group(2)!r}?)"
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  return lines[-1] if lines else type(e).__name__
 
 
 def print_results(results: dict[str, dict], config: ml_collections.ConfigDict, workdir: str) -> None:
   """Each split's metrics, beside the paper's for the config's row; process 0 only."""
-  from vggsound_jax import evaluation, sharding  # noqa: PLC0415
+  from vggsound_jax import evaluation, sharding  # noqa: PLC0415 - keeps --help fast
 
   if not sharding.is_main_process():
     return

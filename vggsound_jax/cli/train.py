@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vggsound_jax.cli import common
+from vggsound_jax.cli import common, launch
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a preempted job
 
@@ -24,13 +24,12 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file, e.g. configs/paper.py:H or configs/demo.py.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, eval).")
-_MULTIPROCESS = flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() first.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.start(_MULTIPROCESS.value)
+  launch.start()
   from vggsound_jax import trainer  # noqa: PLC0415 - keeps --help fast
 
   results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -1,10 +1,12 @@
-"""Data sets: the TFDS builder `vggsound` (configs full, common, synthetic).
+"""Data sets: the TFDS builders `vggsound` (configs full, common, synthetic) and `audioset`
+(config common: AudioSet segments of the classes shared with VGGSound, for row A).
 
-Importing this package registers the builder with TFDS, so that
+Importing this package registers the builders with TFDS, so that
 `tfds build vggsound --imports vggsound_jax.datasets` and `tfds.builder("vggsound/...")`
-find it. Importing it does not import TensorFlow.
+find them. Importing it does not import TensorFlow.
 """
 
+from vggsound_jax.datasets.audioset import Audioset
 from vggsound_jax.datasets.vggsound import Vggsound, build
 
-__all__ = ["Vggsound", "build"]
+__all__ = ["Audioset", "Vggsound", "build"]

@@ -1,0 +1,184 @@
+"""The TFDS builder `audioset` over a manual_dir made on the fly, and the VGGSound-AudioSet class table."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow_datasets as tfds
+
+from vggsound_jax.audio import SAMPLE_RATE
+from vggsound_jax.datasets import audioset, vggsound
+from vggsound_jax.labels import NUM_CLASSES, class_index, class_names
+
+INDEX = class_index()
+# From the package's class table: every method column must hold what its rule gives.
+TABLE = audioset.read_class_table()
+BY_VGGSOUND = {m.vggsound_class: m for m in TABLE}
+BARK = BY_VGGSOUND["dog barking"].audioset_mid
+HOWL = BY_VGGSOUND["dog howling"].audioset_mid
+PIANO = BY_VGGSOUND["playing piano"].audioset_mid
+SPEECH = "/m/09x0r"  # "Speech": no VGGSound class is matched to it
+MUSIC = "/m/04rlf"
+
+
+def _clip(seconds, seed):
+  t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+  x = 0.3 * np.sin(2 * np.pi * (200 + 100 * seed) * t) + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
+  return np.round(x * 32767).astype(np.int16)
+
+
+def _write_segments(path, rows):
+  lines = [
+    "# Segments csv created Sun Mar  5 10:54:25 2017",
+    f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels=527, num_positive_labels=0",
+    "# YTID, start_seconds, end_seconds, positive_labels",
+  ]
+  lines += [f'{ytid}, {start:.3f}, {end:.3f}, "{",".join(mids)}"' for ytid, start, end, mids in rows]
+  path.write_text("\n".join(lines) + "\n")
+
+
+CLIPS = {"--aaaaaaaaa": _clip(1.0, 1), "b_b-bbbbbbb": _clip(1.5, 2), "ccccccccccc": _clip(1.0, 3)}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  root = tmp_path_factory.mktemp("audioset")
+  manual, data = root / "manual", root / "data"
+  (manual / "sub").mkdir(parents=True)
+  sf.write(manual / "--aaaaaaaaa.wav", CLIPS["--aaaaaaaaa"], SAMPLE_RATE, subtype="PCM_16")
+  sf.write(manual / "sub" / "Yb_b-bbbbbbb.flac", CLIPS["b_b-bbbbbbb"], SAMPLE_RATE, subtype="PCM_16")
+  sf.write(manual / "ccccccccccc_30000_40000.wav", CLIPS["ccccccccccc"], SAMPLE_RATE, subtype="PCM_16")
+  sf.write(manual / "ddddddddddd.wav", _clip(1.0, 4), SAMPLE_RATE, subtype="PCM_16")  # speech only
+  (manual / "eeeeeeeeeee.wav").write_bytes(b"not audio at all")
+  _write_segments(
+    manual / "balanced_train_segments.csv",
+    [
+      ("--aaaaaaaaa", 0, 10, [BARK, HOWL, MUSIC]),
+      ("b_b-bbbbbbb", 20, 30, [PIANO]),
+      ("ddddddddddd", 0, 10, [SPEECH]),  # no shared class: left out
+      ("fffffffffff", 0, 10, [BARK]),  # no file
+      ("eeeeeeeeeee", 0, 10, [PIANO]),  # undecodable
+    ],
+  )
+  _write_segments(manual / "unbalanced_train_segments.csv", [("ccccccccccc", 30, 40, [HOWL])])
+  report = audioset.build(data, manual_dir=manual, num_workers=1)
+  return data, report
+
+
+def _read(data, split):
+  source = audioset.data_source(data, split)
+  return {e["youtube_id"].decode(): e for e in (source[i] for i in range(len(source)))}
+
+
+def test_segments_of_the_shared_classes_with_multi_hot_labels(built):
+  data, _ = built
+  train = _read(data, "balanced_train")
+  assert set(train) == {"--aaaaaaaaa", "b_b-bbbbbbb"}
+  label = train["--aaaaaaaaa"]["label"]
+  assert label.shape == (NUM_CLASSES,) and label.dtype == np.bool_
+  assert set(np.flatnonzero(label)) == {INDEX["dog barking"], INDEX["dog howling"], INDEX["dog baying"]}
+  assert set(np.flatnonzero(train["b_b-bbbbbbb"]["label"])) == {INDEX["playing piano"]}
+  assert train["--aaaaaaaaa"]["audioset_labels"].decode() == f"{BARK},{HOWL},{MUSIC}"
+  assert train["b_b-bbbbbbb"]["start_seconds"] == 20.0
+  np.testing.assert_array_equal(train["b_b-bbbbbbb"]["audio"], CLIPS["b_b-bbbbbbb"])
+  assert set(_read(data, "unbalanced_train")) == {"ccccccccccc"}
+
+
+def test_both_training_lists_read_as_one_split(built):
+  data, _ = built
+  both = audioset.data_source(data, "balanced_train+unbalanced_train")
+  assert len(both) == 3
+  assert {both[i]["youtube_id"].decode() for i in range(3)} == {"--aaaaaaaaa", "b_b-bbbbbbb", "ccccccccccc"}
+
+
+def test_report_lists_what_was_left_out(built):
+  data, report = built
+  assert report.outside_common == {"balanced_train": 1, "unbalanced_train": 0}
+  reasons = {s["clip_id"]: s["reason"] for s in report.skipped}
+  assert reasons["fffffffffff_0.000"] == vggsound.MISSING_FILE
+  assert "eeeeeeeeeee_0.000" in reasons
+  stored = audioset.read_report(tfds.builder("audioset/common", data_dir=data).data_path)
+  assert stored.outside_common == report.outside_common and len(stored.skipped) == 2
+  summary = report.summary()
+  assert summary.startswith("audioset/common: 3 clips written, 2 skipped")
+  assert "1 listed segments have none of the shared classes" in summary
+  json.dumps(report.to_json())
+
+
+def test_a_malformed_row_names_file_and_line(tmp_path):
+  _write_segments(tmp_path / "eval_segments.csv", [("aaaaaaaaaaa", 0, 10, [BARK])])
+  with open(tmp_path / "eval_segments.csv", "a") as f:
+    f.write('bbbbbbbbbbb, ten, 20.000, "/m/05tny_"\n')
+  with pytest.raises(vggsound.ClipListError, match=r"eval_segments\.csv:5: start 'ten'"):
+    audioset.plan_build(tmp_path)
+  with pytest.raises(vggsound.ManualDirError, match="none of balanced_train_segments.csv"):
+    audioset.plan_build(tmp_path / "empty")
+
+
+def test_file_names_give_the_youtube_id(tmp_path):
+  names = ("abcdefghijk.wav", "Yabcdefghij_.flac", "a-b_c-d_e-f_30.000_40.000.mp4", "x.wav", "Yzzzzzzzzzz.wav")
+  for name in names:
+    (tmp_path / name).write_bytes(b"")
+  found = {k: v.name for k, v in audioset.index_clip_files(tmp_path).items()}
+  assert found == {
+    "abcdefghijk": "abcdefghijk.wav",
+    "abcdefghij_": "Yabcdefghij_.flac",
+    "a-b_c-d_e-f": "a-b_c-d_e-f_30.000_40.000.mp4",
+    "Yzzzzzzzzzz": "Yzzzzzzzzzz.wav",  # 11 characters: an id that starts with Y
+  }
+
+
+# ----------------------------------------------------------------------------- the class table
+
+
+def _words(text):
+  return re.findall(r"[a-z]+", text.lower())
+
+
+def _forms(word):
+  """The word and its stems without -ing, -es, -s, -ed (with a final e restored, a doubled
+  consonant undone): the word-matching rule the table's docs state."""
+  forms = {word}
+  for suffix in ("ing", "es", "s", "ed"):
+    if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+      stem = word[: -len(suffix)]
+      forms |= {stem, stem + "e"}
+      if stem[-1] == stem[-2]:
+        forms.add(stem[:-1])
+  return forms
+
+
+def _synonyms(audioset_name):
+  return [s.strip() for s in re.sub(r"\s*\(.*?\)", "", audioset_name.lower()).split(",") if s.strip()]
+
+
+def test_class_table_covers_distinct_vggsound_classes_in_model_order():
+  names = [m.vggsound_class for m in TABLE]
+  assert len(TABLE) == 164 == len(set(names))
+  assert names == sorted(names) and set(names) <= set(class_names())
+  assert all(re.fullmatch(r"/[mgt]/[0-9a-z_]+", m.audioset_mid) for m in TABLE)
+  assert {m.method for m in TABLE} == {"exact", "playing", "words", "manual"}
+  assert all(m.note for m in TABLE if m.method == "manual")  # every hand-made match says why
+
+
+@pytest.mark.parametrize("match", TABLE, ids=lambda m: m.vggsound_class)
+def test_each_match_is_what_its_method_says(match):
+  vggsound_name, synonyms = match.vggsound_class, _synonyms(match.audioset_name)
+  names = {match.audioset_name.lower(), *synonyms}  # the whole display name, or one of its synonyms
+  if match.method == "exact":
+    assert vggsound_name in names
+  elif match.method == "playing":
+    assert vggsound_name.startswith("playing ") and vggsound_name.removeprefix("playing ") in names
+  elif match.method == "words":
+    have = set().union(*(_forms(w) for w in _words(vggsound_name)))
+    assert any(all(_forms(w) & have for w in _words(s)) for s in synonyms)
+
+
+def test_class_map_goes_from_mids_to_model_indices():
+  class_map = audioset.read_class_map()
+  assert sorted(class_map[HOWL]) == sorted([INDEX["dog howling"], INDEX["dog baying"]])
+  assert SPEECH not in class_map
+  hot = audioset.multi_hot([SPEECH, PIANO, BARK], class_map)
+  assert set(np.flatnonzero(hot)) == {INDEX["playing piano"], INDEX["dog barking"]}

@@ -1,0 +1,394 @@
+"""TFDS builder `audioset`: the user's AudioSet clips of the classes VGGSound shares with it (row A).
+
+Row A of the paper's table fine-tunes VGGish on AudioSet, on the classes it has in common with
+VGGSound, and tests it on VGGSound's ASTest clips. This builder makes that training data from
+the user's own AudioSet copy (AudioSet is YouTube segments: no complete copy can be
+downloaded):
+
+Config `common` (the only one): every segment of the user's AudioSet segment lists that has a
+file in manual_dir and at least one label among the shared classes. `label` is multi-hot over
+VGGSound's 309 classes in model order (`vggsound_jax.labels`), so the model trained on it is
+evaluated on VGGSound as it is; only the 164 shared classes can be set. The AudioSet-to-VGGSound
+class table ships with the package (`data/vggsound_audioset.csv`, `read_class_map`); how it was
+made: docs/original_pipeline.md#vggish-rows-ac.
+
+Splits, one per segment list present: `balanced_train`, `unbalanced_train`, `eval`.
+
+Build with `tfds build audioset --imports vggsound_jax.datasets --manual_dir DIR --data_dir DIR`
+or `vggsound_jax.datasets.audioset.build(DATA_DIR, manual_dir=DIR)`. As for `vggsound`, clips
+that cannot be used are skipped and listed in `build_report.json` with the reason, and a
+malformed list stops the build before any decoding, naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from vggsound_jax import audio as audio_lib
+from vggsound_jax import labels
+from vggsound_jax.datasets import vggsound
+from vggsound_jax.datasets.vggsound import ClipListError, ManualDirError, SplitReport
+
+NAME = "audioset"
+CONFIG = "common"
+DATASET_VERSION = "1.0.0"
+CLASS_MAP = "data/vggsound_audioset.csv"
+CLASS_MAP_FIELDS = ("vggsound_class", "audioset_mid", "audioset_name", "method", "note")
+# Google's segment lists, and the split each makes.
+SEGMENT_LISTS = {
+  "balanced_train": "balanced_train_segments.csv",
+  "unbalanced_train": "unbalanced_train_segments.csv",
+  "eval": "eval_segments.csv",
+}
+# A clip file is found by the YouTube id in its name (AudioSet has one segment per video):
+# `{ytid}.{ext}`, `Y{ytid}.{ext}` (as some download scripts name them) or `{ytid}_{start...}.{ext}`.
+YOUTUBE_ID = r"[A-Za-z0-9_-]{11}"
+_FILE_STEM = re.compile(rf"Y?({YOUTUBE_ID})(?:_[0-9][0-9._-]*)?")
+
+_DESCRIPTION = """\
+AudioSet (Gemmeke et al., ICASSP 2017) segments of the classes VGGSound shares with it, with
+multi-hot labels in VGGSound's class order: the training data of row A of the VGGSound paper's
+table. Audio is stored decoded as 16 kHz mono int16.
+"""
+
+_CITATION = """\
+@inproceedings{gemmeke2017audioset,
+  title={Audio Set: An ontology and human-labeled dataset for audio events},
+  author={Gemmeke, Jort F. and Ellis, Daniel P. W. and Freedman, Dylan and Jansen, Aren and
+          Lawrence, Wade and Moore, R. Channing and Plakal, Manoj and Ritter, Marvin},
+  booktitle={ICASSP},
+  year={2017}
+}
+"""
+
+_MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+AudioSet's clips are YouTube segments and cannot be downloaded here. Put in manual_dir:
+  * one or more of Google's segment lists: {", ".join(SEGMENT_LISTS.values())}
+    (`# ...` header lines, then `YTID, start_seconds, end_seconds, "mid1,mid2,..."`);
+  * the clip files you have, one 10 s segment each, named `{{ytid}}.{{ext}}`, `Y{{ytid}}.{{ext}}`
+    or `{{ytid}}_{{start...}}.{{ext}}`, ext one of
+    {", ".join(e[1:] for e in vggsound.MEDIA_EXTENSIONS)}; subfolders are searched.
+Segments listed but not found are skipped and listed in {vggsound.REPORT_NAME}.
+"""
+
+
+# ---------------------------------------------------------------------------------------
+# The class table and the segment lists.
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassMatch:
+  """One row of the class table: a VGGSound class and the AudioSet class it is matched to."""
+
+  vggsound_class: str
+  audioset_mid: str
+  audioset_name: str
+  method: str  # exact, playing, words or manual (docs/original_pipeline.md#vggish-rows-ac)
+  note: str
+
+
+def read_class_table() -> list[ClassMatch]:
+  """The rows of the package's `data/vggsound_audioset.csv`, in VGGSound model order."""
+  text = resources.files("vggsound_jax").joinpath(CLASS_MAP).read_text("utf-8")
+  rows = list(csv.reader(text.splitlines()))
+  if not rows or tuple(rows[0]) != CLASS_MAP_FIELDS:
+    raise ValueError(f"{CLASS_MAP}: expected the header {','.join(CLASS_MAP_FIELDS)}")
+  return [ClassMatch(*row) for row in rows[1:] if row]
+
+
+def read_class_map() -> dict[str, tuple[int, ...]]:
+  """AudioSet MID -> the VGGSound class indices (model order) a segment with it is labelled with."""
+  index = labels.class_index()
+  result: dict[str, tuple[int, ...]] = {}
+  for match in read_class_table():
+    result[match.audioset_mid] = result.get(match.audioset_mid, ()) + (index[match.vggsound_class],)
+  return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  youtube_id: str
+  start_seconds: float
+  end_seconds: float
+  mids: tuple[str, ...]
+  line: int
+
+  @property
+  def clip_id(self) -> str:
+    return f"{self.youtube_id}_{self.start_seconds:.3f}"
+
+
+def read_segments(path: str | os.PathLike) -> list[Segment]:
+  """Parses a segment list; raises ClipListError naming the line of the first bad row.
+
+  A YouTube id listed twice keeps its first row (the files are found by id).
+  """
+  segments, seen = [], set()
+  with open(path, newline="", encoding="utf-8") as f:
+    for line, fields in enumerate(csv.reader(f, skipinitialspace=True), start=1):
+      if not fields or all(not x.strip() for x in fields) or fields[0].lstrip().startswith("#"):
+        continue
+      if len(fields) != 4:
+        raise ClipListError(path, line, f"expected 4 fields YTID,start_seconds,end_seconds,labels, got {len(fields)}")
+      youtube_id, start, end, mids = (x.strip() for x in fields)
+      if not re.fullmatch(YOUTUBE_ID, youtube_id):
+        raise ClipListError(path, line, f"{youtube_id!r} is not a YouTube id (11 letters, digits, - or _)")
+      try:
+        start_seconds, end_seconds = float(start), float(end)
+      except ValueError:
+        raise ClipListError(path, line, f"start {start!r} or end {end!r} is not a number") from None
+      if not 0 <= start_seconds < end_seconds:
+        raise ClipListError(path, line, f"segment {start}-{end} s is empty or negative")
+      label_ids = tuple(m.strip() for m in mids.split(",") if m.strip())
+      if not label_ids or not all(m.startswith("/") for m in label_ids):
+        raise ClipListError(path, line, f"labels {mids!r} are not AudioSet ids such as /m/09x0r")
+      if youtube_id not in seen:
+        seen.add(youtube_id)
+        segments.append(Segment(youtube_id, start_seconds, end_seconds, label_ids, line))
+  return segments
+
+
+def index_clip_files(root: str | os.PathLike) -> dict[str, Path]:
+  """YouTube id -> its clip file under `root`, the lossless formats first (as for VGGSound)."""
+  found: dict[str, Path] = {}
+  rank = {ext: i for i, ext in enumerate(vggsound.MEDIA_EXTENSIONS)}
+  for stem, path in sorted(vggsound.index_media_files(root).items()):
+    match = _FILE_STEM.fullmatch(stem)
+    if match is None:
+      continue
+    current = found.get(match.group(1))
+    if current is None or rank[path.suffix.lower()] < rank[current.suffix.lower()]:
+      found[match.group(1)] = path
+  return found
+
+
+def multi_hot(mids: Sequence[str], class_map: dict[str, tuple[int, ...]]) -> np.ndarray:
+  """(309,) bool: the VGGSound classes of a segment's AudioSet labels."""
+  target = np.zeros(labels.NUM_CLASSES, np.bool_)
+  for mid in mids:
+    target[list(class_map.get(mid, ()))] = True
+  return target
+
+
+# ---------------------------------------------------------------------------------------
+# Planning and report.
+
+
+@dataclasses.dataclass
+class BuildReport(vggsound.BuildReport):
+  """vggsound's report, with the segments left out for want of a shared class."""
+
+  outside_common: dict[str, int] = dataclasses.field(default_factory=dict)  # split -> segments
+
+  def summary(self) -> str:
+    lines = super().summary().splitlines()
+    lines[0] = lines[0].replace(f"{vggsound.NAME}/", f"{NAME}/", 1)
+    for split, count in self.outside_common.items():
+      lines.append(f"  {split}: {count} listed segments have none of the shared classes (left out)")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+  segments: list[Segment]
+  paths: list[Path | None]
+  outside_common: int
+
+  @property
+  def found(self) -> int:
+    return sum(p is not None for p in self.paths)
+
+
+def plan_build(manual_dir: str | os.PathLike) -> dict[str, SplitPlan]:
+  """Reads every segment list of manual_dir and matches its shared-class segments to files.
+
+  Raises ManualDirError (no list, no file found) or ClipListError (a malformed row).
+  """
+  manual_dir = Path(manual_dir)
+  present = {split: manual_dir / name for split, name in SEGMENT_LISTS.items() if (manual_dir / name).is_file()}
+  if not present:
+    raise ManualDirError(f"{manual_dir}: none of {', '.join(SEGMENT_LISTS.values())} (see the builder's instructions)")
+  class_map = read_class_map()
+  files = index_clip_files(manual_dir)
+  plans = {}
+  for split, path in present.items():
+    segments = read_segments(path)
+    kept = [s for s in segments if any(m in class_map for m in s.mids)]
+    plans[split] = SplitPlan(kept, [files.get(s.youtube_id) for s in kept], len(segments) - len(kept))
+  if not any(p.found for p in plans.values()):
+    raise ManualDirError(
+      f"{manual_dir}: none of the listed segments of the shared classes has a file"
+      " (expected names like YTID.wav, YYTID.wav or YTID_START.wav)"
+    )
+  return plans
+
+
+# ---------------------------------------------------------------------------------------
+# Example generation.
+
+Example = tuple[str, dict[str, Any]]
+
+
+def generate_examples(split: str, plan: SplitPlan, *, report: BuildReport, num_workers: int = 1) -> Iterator[Example]:
+  """Decodes one split's clips; yields `(clip_id, example)` for each usable one, and records
+  every skipped clip with its reason in `report`."""
+  class_map = read_class_map()
+  split_report = report.splits[split]
+  paths = [None if p is None else str(p) for p in plan.paths]
+  # The vggsound builder's worker pool: one bad file never stops a build.
+  results = vggsound._decode_all(paths, num_workers, desc=f"{NAME} {split}")
+  for segment, path, (samples, reason) in zip(plan.segments, paths, results):
+    if samples is None:
+      report.skip(split, segment.clip_id, path, reason)
+      continue
+    split_report.written += 1
+    yield (
+      segment.clip_id,
+      {
+        "audio": samples,
+        "label": multi_hot(segment.mids, class_map),
+        "audioset_labels": ",".join(segment.mids),
+        "clip_id": segment.clip_id,
+        "youtube_id": segment.youtube_id,
+        "start_seconds": np.float32(segment.start_seconds),
+      },
+    )
+  if not split_report.written:
+    raise ManualDirError(
+      f"split {split!r}: none of its {split_report.found} clip files could be decoded,"
+      f" e.g. {report.skipped[-1]['path']}: {report.skipped[-1]['reason']}"
+    )
+
+
+class Audioset(tfds.core.GeneratorBasedBuilder):
+  """AudioSet segments of the classes shared with VGGSound: 16 kHz mono int16, multi-hot labels."""
+
+  VERSION = tfds.core.Version(DATASET_VERSION)
+  RELEASE_NOTES = {DATASET_VERSION: "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=CONFIG, description="Segments of the classes shared with VGGSound.")]
+  DEFAULT_CONFIG_NAME = CONFIG
+
+  def __init__(
+    self, *, num_workers: int | None = None, file_format: str | None = vggsound.FILE_FORMAT, **kwargs: Any
+  ) -> None:
+    """`num_workers`: decoding processes (default: all cores)."""
+    super().__init__(file_format=file_format, **kwargs)
+    self._num_workers = num_workers or os.cpu_count() or 1
+    self._report_in_progress: BuildReport | None = None  # as in vggsound.Vggsound
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description=_DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          "audio": tfds.features.Tensor(
+            shape=(None,),
+            dtype=np.int16,
+            encoding=tfds.features.Encoding.BYTES,
+            doc=f"{audio_lib.SAMPLE_RATE} Hz mono int16, the whole decoded clip",
+          ),
+          "label": tfds.features.Tensor(
+            shape=(labels.NUM_CLASSES,),
+            dtype=np.bool_,
+            encoding=tfds.features.Encoding.BYTES,
+            doc="multi-hot over VGGSound's classes in model order (vggsound_jax.labels)",
+          ),
+          "audioset_labels": tfds.features.Text(doc="the segment's AudioSet MIDs, comma-separated as in its list"),
+          "clip_id": tfds.features.Text(),
+          "youtube_id": tfds.features.Text(),
+          "start_seconds": np.float32,
+        }
+      ),
+      supervised_keys=("audio", "label"),
+      homepage="https://research.google.com/audioset/",
+      citation=_CITATION,
+    )
+
+  def download_and_prepare(self, *, log_summary: bool = True, **kwargs: Any) -> BuildReport | None:
+    """TFDS's download_and_prepare; then writes build_report.json and returns the report
+    (None when the config was already prepared)."""
+    report = BuildReport(config=self.builder_config.name)
+    self._report_in_progress = report
+    try:
+      super().download_and_prepare(**kwargs)
+    finally:
+      self._report_in_progress = None
+    if not report.splits:
+      return None
+    vggsound.write_report(report, self.data_path)
+    if log_summary:
+      (logging.warning if report.skipped else logging.info)("%s", report.summary())
+    return report
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator[Example]]:
+    report = self._report_in_progress or BuildReport(config=self.builder_config.name)
+    try:
+      manual_dir = Path(dl_manager.manual_dir)
+    except AssertionError as e:  # TFDS's message spans the whole instructions.
+      raise ManualDirError(str(e).splitlines()[0]) from None
+    plans = plan_build(manual_dir)
+    report.manual_dir = str(manual_dir)
+    generators = {}
+    for split, plan in plans.items():
+      report.csv_rows += len(plan.segments) + plan.outside_common
+      report.outside_common[split] = plan.outside_common
+      report.splits[split] = SplitReport(rows=len(plan.segments), found=plan.found)
+      if not plan.found:  # TFDS cannot store an empty split
+        for segment in plan.segments:
+          report.skip(split, segment.clip_id, None, vggsound.MISSING_FILE)
+        continue
+      generators[split] = generate_examples(split, plan, report=report, num_workers=self._num_workers)
+    return generators
+
+  def _generate_examples(self, **kwargs: Any) -> Iterator[Example]:
+    """Unused: _split_generators returns the module's generators. TFDS declares it abstract."""
+    raise NotImplementedError("use generate_examples")
+
+
+def read_report(dataset_dir: str | os.PathLike) -> BuildReport:
+  """The report stored in a built dataset directory."""
+  with open(Path(dataset_dir, vggsound.REPORT_NAME), encoding="utf-8") as f:
+    return BuildReport.from_json(json.load(f))
+
+
+def build(
+  data_dir: str | os.PathLike,
+  *,
+  manual_dir: str | os.PathLike | None = None,
+  num_workers: int | None = None,
+  overwrite: bool = False,
+  log_summary: bool = True,
+) -> BuildReport:
+  """Builds `audioset/common` into data_dir (if not already there); returns its report."""
+  builder = Audioset(data_dir=os.fspath(data_dir), num_workers=num_workers)
+  if overwrite and builder.is_prepared():
+    shutil.rmtree(builder.data_path)
+    builder = Audioset(data_dir=os.fspath(data_dir), num_workers=num_workers)
+  download_config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else os.fspath(manual_dir))
+  report = builder.download_and_prepare(download_config=download_config, log_summary=log_summary)
+  return report if report is not None else read_report(builder.data_path)
+
+
+def data_source(data_dir: str | os.PathLike, split: str) -> Sequence[dict]:
+  """Random-access source of a built split of `audioset/common` (as `input_pipeline.data_source`)."""
+  builder = tfds.builder(f"{NAME}/{CONFIG}", data_dir=os.fspath(data_dir))
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+      f"{builder.data_path}: {NAME}/{CONFIG} is not built; build it with"
+      f" tfds build {NAME} --imports vggsound_jax.datasets --manual_dir DIR --data_dir {data_dir}"
+    )
+  return builder.as_data_source(split=split)
