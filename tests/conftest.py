@@ -1,4 +1,4 @@
-"""Every test process has 8 CPU devices, so multi-device code (a mesh over several devices, the
+"""Every test process has 4 CPU devices, so multi-device code (a mesh over several devices, the
 batch split between them) runs in-process as on a multi-GPU host; a test that wants one device
 builds its mesh from `jax.devices()[:1]`. Set before any test touches a JAX backend."""
 
@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-NUM_CPU_DEVICES = 8
+NUM_CPU_DEVICES = 4  # several, as on a multi-GPU host; few, as compiling for each costs CI time
 REPO = Path(__file__).resolve().parents[1]
 
 jax.config.update("jax_platforms", "cpu")

@@ -38,7 +38,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def predictions(source, model):
-  mesh = sharding.make_mesh()  # 8 CPU devices (conftest.py), a batch of 8: one clip each
+  mesh = sharding.make_mesh()  # all CPU devices (conftest.py) share a batch of 8
   graphdef, state = split_model(model)
   batches = input_pipeline.eval_batches(
     source, global_batch_size=8, rows=sharding.process_rows(mesh, 8), num_samples=8000

@@ -24,7 +24,7 @@ from vggsound_jax.model_dir import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STEPS = 30
+STEPS = 20
 OVERRIDES = [
   f"--config.num_train_steps={STEPS}",
   "--config.model.width=4",
