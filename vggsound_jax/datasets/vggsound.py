@@ -774,6 +774,14 @@ class Vggsound(tfds.core.GeneratorBasedBuilder):
     # generators; None between calls. The builder keeps no other per-build state.
     self._report_in_progress: BuildReport | None = None
 
+  # TFDS prints "Downloading and preparing dataset ..." and "... Subsequent calls will reuse
+  # this data" itself; nothing is downloaded here, and the build prints its own summary.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _info(self) -> tfds.core.DatasetInfo:
     names = synthetic.CLASS_NAMES if self.builder_config.source == "synthetic" else labels.class_names()
     info = self.dataset_info_from_configs(
