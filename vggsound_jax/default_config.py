@@ -124,6 +124,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from vggsound_jax.models.resnet import ARCHS, DEPTHS, OUTPUTS  # noqa: PLC0415
   from vggsound_jax.models.vggish import PATCH_AGGREGATIONS  # noqa: PLC0415
   from vggsound_jax.spectrogram import NPERSEG  # noqa: PLC0415
+  from vggsound_jax.train_state import NONFINITE_POLICIES  # noqa: PLC0415
   from vggsound_jax.vggish_frontend import MIN_SAMPLES as VGGISH_MIN_SAMPLES  # noqa: PLC0415
 
   def positive(field: str, value: float) -> None:
@@ -151,7 +152,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "model.head": ("avgpool", "vlad"),
     "model.dtype": ("float32", "bfloat16"),
     "optimizer.name": ("sgd", "adamw"),
-    "nonfinite": ("stop", "skip"),
+    "nonfinite": NONFINITE_POLICIES,
     "model.arch": ARCHS,
     "model.output": OUTPUTS,
     "model.patch_aggregation": PATCH_AGGREGATIONS,

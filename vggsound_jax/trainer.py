@@ -108,7 +108,7 @@ def train_and_evaluate(
         preempted = preemption.reached(manager, step)  # the same answer on every process
         last = step == total_steps
         logging_now = step % config.log_every_steps == 0 or last
-        if logging_now or last or preempted or manager.should_save(step):
+        if logging_now or preempted or manager.should_save(step):  # logging_now includes the last step
           _check_finite(state, manager, step)
         saved = checkpoints.save(manager, step, state, force=last or preempted)
 

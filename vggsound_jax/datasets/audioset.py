@@ -37,7 +37,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vggsound_jax import audio as audio_lib
 from vggsound_jax import labels
 from vggsound_jax.datasets import vggsound
 from vggsound_jax.datasets.vggsound import ClipListError, ManualDirError, SplitReport
@@ -295,12 +294,7 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
       description=_DESCRIPTION,
       features=tfds.features.FeaturesDict(
         {
-          "audio": tfds.features.Tensor(
-            shape=(None,),
-            dtype=np.int16,
-            encoding=tfds.features.Encoding.BYTES,
-            doc=f"{audio_lib.SAMPLE_RATE} Hz mono int16, the whole decoded clip",
-          ),
+          "audio": vggsound.audio_feature(),
           "label": tfds.features.Tensor(
             shape=(labels.NUM_CLASSES,),
             dtype=np.bool_,

@@ -748,6 +748,20 @@ class VggsoundConfig(tfds.core.BuilderConfig):
   )
 
 
+def audio_feature() -> tfds.features.Tensor:
+  """The `audio` feature of every builder here: the whole decoded clip, 16 kHz mono int16.
+
+  A Tensor, not tfds.features.Audio: Audio skips the encoding of arrays, and without BYTES
+  encoding each sample would take 8-10 bytes (an int64 list).
+  """
+  return tfds.features.Tensor(
+    shape=(None,),
+    dtype=np.int16,
+    encoding=tfds.features.Encoding.BYTES,
+    doc=f"{audio_lib.SAMPLE_RATE} Hz mono int16, the whole decoded clip",
+  )
+
+
 class Vggsound(tfds.core.GeneratorBasedBuilder):
   """VGGSound audio: 16 kHz mono int16 clips with their class."""
 
@@ -788,14 +802,7 @@ class Vggsound(tfds.core.GeneratorBasedBuilder):
       description=_DESCRIPTION,
       features=tfds.features.FeaturesDict(
         {
-          # A Tensor, not tfds.features.Audio: Audio skips the encoding of arrays, and
-          # without BYTES encoding each sample would take 8-10 bytes (an int64 list).
-          "audio": tfds.features.Tensor(
-            shape=(None,),
-            dtype=np.int16,
-            encoding=tfds.features.Encoding.BYTES,
-            doc=f"{audio_lib.SAMPLE_RATE} Hz mono int16, the whole decoded clip",
-          ),
+          "audio": audio_feature(),
           "label": tfds.features.ClassLabel(names=names),
           "clip_id": tfds.features.Text(),
           "youtube_id": tfds.features.Text(),
