@@ -3,14 +3,19 @@
   python benchmarks/benchmark_inference.py            # the full table (about 10 minutes on 2 cores)
   python benchmarks/benchmark_inference.py --smoke    # tiny shapes, just shows that it runs
 
-Prints: model-only clips/s (JAX fp32 and bf16 vs PyTorch eager fp32 NCHW, channels_last + bf16
-autocast, and that under torch.compile), the front end (jnp under jit vs scipy per clip), and
-whole-process predict on wav files (scripts/predict.py vs the original's way: scipy front end +
-eager PyTorch, batch 32). Ratios are measured in the same run, since these machines are noisy.
+Prints: model-only clips/s (JAX fp32 and bf16, the exported OpenVINO graph fp32 and bf16 (front
+end included), PyTorch eager fp32 NCHW, channels_last fp32 under torch.compile, channels_last +
+bf16 autocast; reduced precision with its top-1 agreement with fp32), the front end (jnp under jit
+vs scipy per clip), whole-process predict on wav files (scripts/predict.py with the auto backend
+and with --backend jax vs the original's way: scipy front end + eager PyTorch, batch 32), and the
+start-up of a process (imports, model load, first call, teardown). Implementations are timed
+round-robin, one call (or process) of each per round, medians of the rounds: these machines are
+noisy, and ratios mean something only within one run.
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +30,7 @@ from benchmark_utils import REPO, machine, print_table, seconds_per_call
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny model, 1 s clips, one repeat: shows the script runs.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["8", "32"], "Model-only batch sizes.")
 _HEADS = flags.DEFINE_list("heads", ["avgpool", "vlad"], "Heads of ResNet-18 to measure.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per figure (median).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per figure (median); rounds of the interleaved runs.")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "Also measure torch.compile.")
 _PREDICT_FILES = flags.DEFINE_integer("predict_files", 64, "Wav files for whole-process predict.")
 _SECTIONS = flags.DEFINE_list("sections", ["model", "frontend", "predict"], "What to measure.")
@@ -56,6 +61,21 @@ with torch.no_grad():
 """
 
 
+def cpu_features():
+  """Which of the vector extensions that decide fp32 and bf16 speed this CPU has."""
+  try:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = set(next(line for line in lines if line.startswith("flags")).split())
+  except (OSError, StopIteration):
+    return "CPU flags unknown"
+  wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+  return (
+    "has "
+    + (", ".join(f for f in wanted if f in flags) or "none of AVX2/AVX-512")
+    + ("; no bf16 arithmetic" if not flags & {"avx512_bf16", "amx_bf16"} else "")
+  )
+
+
 def _audio_batch(n, num_samples, seed=0):
   """Tones in noise with random pitch: spectrograms with structure, unlike white noise."""
   rng = np.random.default_rng(seed)
@@ -65,16 +85,33 @@ def _audio_batch(n, num_samples, seed=0):
   return np.clip(x * 32767, -32768, 32767).astype(np.int16)
 
 
+def interleaved_seconds(fns, rounds):
+  """Median wall seconds per call of each of `fns` (name -> blocking callable), timed round-robin
+  (one call of each per round, after one warm-up call each) so that drifts of a noisy machine
+  touch every implementation alike."""
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def bench_model(cfg, rows):
   import jax
   import jax.numpy as jnp
   import torch
   from flax import nnx
 
+  from vggsound_jax.export import OPENVINO_PRECISIONS, build_graph, import_openvino
   from vggsound_jax.pytorch_conversion import flax_model_from_state_dict
   from vggsound_jax.spectrogram import log_spectrogram
   from vggsound_jax.testing import torch_reference
 
+  core = import_openvino().Core()
   for head in _HEADS.value:
     torch_model = torch_reference.build_torch_model(18, head, width=cfg["width"])
     torch_reference.randomize_(torch_model, seed=0)
@@ -82,55 +119,59 @@ def bench_model(cfg, rows):
     state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
     flax_fp32 = flax_model_from_state_dict(state_dict)
     flax_bf16 = flax_model_from_state_dict(state_dict, dtype="bfloat16")
+    cl_model = torch_reference.build_torch_model(18, head, width=cfg["width"])
+    cl_model.load_state_dict(torch_model.state_dict())
+    cl_model = cl_model.eval().to(memory_format=torch.channels_last)
+    compiled = torch.compile(cl_model) if cfg["torch_compile"] else None
     for batch in cfg["batch_sizes"]:
       audio = _audio_batch(batch, cfg["clip"])
       spec = np.asarray(log_spectrogram(audio))[:, :, :, None]  # NHWC
-      results = {}
+      fns, outputs, names = {}, {}, {}
       for name, model in (("jax fp32", flax_fp32), ("jax bf16", flax_bf16)):
         model.eval()
         graphdef, state = nnx.split(model)
         fwd = jax.jit(lambda s, x, g=graphdef, d=model.config.dtype: nnx.merge(g, s)(x.astype(d)))
         x = jnp.asarray(spec)
-        results[name] = seconds_per_call(lambda: fwd(state, x).block_until_ready(), repeats=cfg["repeats"])
-        results[name + " logits"] = np.asarray(fwd(state, x))
-      nchw = torch.from_numpy(spec.transpose(0, 3, 1, 2).copy())
-      with torch.no_grad():
-        results["torch eager fp32"] = seconds_per_call(lambda: torch_model(nchw), repeats=cfg["repeats"])
-        cl_model = torch_reference.build_torch_model(18, head, width=cfg["width"])
-        cl_model.load_state_dict(torch_model.state_dict())
-        cl_model = cl_model.eval().to(memory_format=torch.channels_last)
-        cl_input = nchw.contiguous(memory_format=torch.channels_last)
-
-        def call(m, bf16):
-          with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return m(cl_input)
-
-        runners = {"torch cl fp32": (cl_model, False), "torch cl+bf16": (cl_model, True)}
-        if cfg["torch_compile"]:
-          runners["torch cl fp32+compile"] = (torch.compile(cl_model), False)
-          runners["torch cl+bf16+compile"] = (torch.compile(cl_model), True)
-        for name, (runner, bf16) in runners.items():
-          start = time.perf_counter()
-          call(runner, bf16)  # compiles, for the compiled ones
-          if "compile" in name:
-            print(f"{name}: compiling took {time.perf_counter() - start:.0f} s", flush=True)
-          results[name] = seconds_per_call(lambda: call(runner, bf16), repeats=cfg["repeats"])
-      agreement = np.mean(results["jax fp32 logits"].argmax(1) == results["jax bf16 logits"].argmax(1))
-      eager = results["torch eager fp32"]
-      torch_names = [k for k in results if k.startswith("torch")]
-      best_torch = min(results[k] for k in torch_names)
-      for name in ["jax fp32", "jax bf16"] + torch_names:
-        rows.append(
-          [
-            f"r18 {head}",
-            batch,
-            name,
-            batch / results[name],
-            eager / results[name],
-            best_torch / results[name],
-            f"{agreement:.3f}" if name == "jax bf16" else "",
-          ]
+        fns[name] = lambda f=fwd, s=state, x=x: f(s, x).block_until_ready()
+        outputs[name] = lambda f=fwd, s=state, x=x: np.asarray(f(s, x))
+      graph = build_graph(flax_fp32, cfg["clip"])
+      graph.reshape({0: [batch, cfg["clip"]]})
+      for precision in ("fp32", "bf16"):
+        compiled_graph = core.compile_model(
+          graph, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         )
+        request = compiled_graph.create_infer_request()
+        # OpenVINO falls back to f32 where the CPU has no bf16 arithmetic (AVX-512 BF16, AMX).
+        runs_as = str(compiled_graph.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
+        name = f"openvino {precision} (with front end)" + ("" if precision == "fp32" else f", runs {runs_as}")
+        names[precision] = name
+        fns[name] = lambda r=request: r.infer([audio])
+        outputs[name] = lambda r=request: np.asarray(r.infer([audio])[0])
+      nchw = torch.from_numpy(spec.transpose(0, 3, 1, 2).copy())
+      cl_input = nchw.contiguous(memory_format=torch.channels_last)
+
+      def torch_call(m, x, bf16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+          return m(x)
+
+      torch_runs = {"torch eager fp32": (torch_model, nchw, False), "torch cl+bf16": (cl_model, cl_input, True)}
+      if compiled is not None:
+        torch_runs["torch cl fp32+compile"] = (compiled, cl_input, False)
+        start = time.perf_counter()
+        torch_call(compiled, cl_input, False)
+        print(f"torch.compile, batch {batch}: {time.perf_counter() - start:.0f} s", flush=True)
+      for name, (m, x, bf16) in torch_runs.items():
+        fns[name] = lambda m=m, x=x, bf16=bf16: torch_call(m, x, bf16)
+        outputs[name] = lambda m=m, x=x, bf16=bf16: torch_call(m, x, bf16).float().numpy()
+      seconds = interleaved_seconds(fns, cfg["rounds"])
+      top1 = {name: out().argmax(1) for name, out in outputs.items()}
+      fp32_of = {"jax bf16": "jax fp32", "torch cl+bf16": "torch eager fp32"}
+      fp32_of[names["bf16"]] = names["fp32"]
+      eager = seconds["torch eager fp32"]
+      best_torch_fp32 = min(t for name, t in seconds.items() if name.startswith("torch") and "bf16" not in name)
+      for name, t in seconds.items():
+        agreement = f"{np.mean(top1[name] == top1[fp32_of[name]]):.3f}" if name in fp32_of else ""
+        rows.append([f"r18 {head}", batch, name, batch / t, eager / t, best_torch_fp32 / t, agreement])
 
 
 def bench_frontend(cfg, rows):
@@ -156,7 +197,28 @@ def bench_frontend(cfg, rows):
   rows.append(["scipy per clip (original)", batch, batch / scipy_s, 1.0])
 
 
-def bench_predict(cfg, rows):
+STARTUP = """
+import sys, time
+start = time.time()
+import numpy as np
+from vggsound_jax import runtime
+if sys.argv[2] == "jax":  # as vggsound-predict does
+    from vggsound_jax.inference import enable_compilation_cache
+    enable_compilation_cache()
+imported = time.time()
+classifier, _ = runtime.load_classifier(sys.argv[1], backend=sys.argv[2], batch_size=8)
+loaded = time.time()
+classifier(np.zeros((8, classifier.num_samples), np.int16))
+first = time.time()
+classifier(np.zeros((8, classifier.num_samples), np.int16))
+second = time.time()
+print(start, imported, loaded, first, second, time.time(), classifier.backend)
+"""
+
+
+def bench_predict(cfg, rows, startup_rows):
+  import os
+
   import soundfile as sf
   import torch
 
@@ -173,47 +235,67 @@ def bench_predict(cfg, rows):
     torch_reference.randomize_(model, seed=0)
     ckpt = tmp / "vggsound_avgpool.pth.tar"
     torch_reference.save_release_style(model, ckpt, legacy=True)
-    subprocess.run(
-      [
-        sys.executable,
-        str(REPO / "converters/pytorch_to_flax.py"),
-        "--input",
-        str(ckpt),
-        "--output",
-        str(tmp / "converted"),
-      ],
-      check=True,
-      capture_output=True,
-    )
+    converted = tmp / "converted"
+    convert = [sys.executable, str(REPO / "converters/pytorch_to_flax.py"), "--input", str(ckpt), "--output"]
+    subprocess.run(convert + [str(converted)], check=True, capture_output=True)
     script = tmp / "original_predict.py"
     script.write_text(
       textwrap.dedent(ORIGINAL_PREDICT.format(depth=18, head="avgpool", width=cfg["width"], clip=cfg["clip"]))
     )
+    del torch
+    # Fresh caches: the first runs below export (auto) and compile (jax); the others find them.
+    env = dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "cache"))
 
-    def run(cmd, env=None):
+    def run(cmd):
       start = time.perf_counter()
-      subprocess.run(cmd, check=True, capture_output=True, env=env)
+      result = subprocess.run(cmd, capture_output=True, env=env, text=True)
+      if result.returncode:
+        raise RuntimeError(f"{cmd[:3]}... failed: {result.stderr[-2000:]}")
       return time.perf_counter() - start
 
-    import os
-
-    env = dict(os.environ, VGGSOUND_JAX_CACHE=str(tmp / "jax_cache"))
-    predict = [
-      sys.executable,
-      str(REPO / "scripts/predict.py"),
-      "--checkpoint",
-      str(tmp / "converted"),
-      "--top_k",
-      "1",
-    ] + files  # its default batch size
-    cold = run(predict, env)
-    warm = min(run(predict, env) for _ in range(cfg["repeats"]))
-    original = min(run([sys.executable, str(script), str(ckpt)] + files) for _ in range(cfg["repeats"]))
-    del torch
+    predict = [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(converted), "--top_k", "1"]
+    ways = {
+      "original way (scipy + eager PyTorch, batch 32)": [sys.executable, str(script), str(ckpt)] + files,
+      "vggsound-predict (auto backend, batch 8)": predict + ["--backend", "auto"] + files,
+      "vggsound-predict --backend jax (batch 8)": predict + ["--backend", "jax"] + files,
+    }
+    first = {name: run(cmd) for name, cmd in list(ways.items())[1:]}
+    times = {name: [] for name in ways}
+    for _ in range(cfg["rounds"]):
+      for name, cmd in ways.items():
+        times[name].append(run(cmd))
     n = len(files)
-    rows.append(["original way (scipy + eager PyTorch, batch 32)", n, original, 1.0])
-    rows.append(["scripts/predict.py (batch 8), compilation cache warm", n, warm, original / warm])
-    rows.append(["scripts/predict.py, first run (compiles)", n, cold, original / cold])
+    original = statistics.median(times[next(iter(ways))])
+    for name, t in times.items():
+      rows.append([name, n, statistics.median(t), original / statistics.median(t)])
+    for name, t in first.items():
+      rows.append([f"{name}, first run (exports or compiles)", n, t, original / t])
+
+    startup = tmp / "startup.py"
+    # 10 s windows, as vggsound-predict's default: the auto backend finds the export it made.
+    startup.write_text(textwrap.dedent(STARTUP))
+    for backend in ("auto", "jax"):
+      begin = time.time()
+      out = subprocess.run(
+        [sys.executable, str(startup), str(converted), backend], capture_output=True, env=env, text=True, check=True
+      )
+      end = time.time()
+      start, imported, loaded, first_call, second, done, used = out.stdout.split()
+      start, imported, loaded, first_call, second, done = map(
+        float, (start, imported, loaded, first_call, second, done)
+      )
+      startup_rows.append(
+        [
+          f"{backend} ({used})",
+          start - begin,
+          imported - start,
+          loaded - imported,
+          first_call - loaded,
+          second - first_call,
+          end - done,
+          end - begin,
+        ]
+      )
 
 
 def main(argv):
@@ -222,21 +304,33 @@ def main(argv):
     "width": 64,
     "clip": 160000,
     "repeats": _REPEATS.value,
+    "rounds": _REPEATS.value,
     "batch_sizes": [int(b) for b in _BATCH_SIZES.value],
     "torch_compile": _TORCH_COMPILE.value,
     "predict_files": _PREDICT_FILES.value,
     "frontend_batch": 32,
   }
   if _SMOKE.value:
-    cfg.update(width=4, clip=16000, repeats=1, batch_sizes=[2], torch_compile=False, predict_files=4, frontend_batch=4)
+    cfg.update(
+      width=4, clip=16000, repeats=1, rounds=1, batch_sizes=[2], torch_compile=False, predict_files=4, frontend_batch=4
+    )
   clip = f"{cfg['clip'] / 16000:g} s clips"
-  print(f"# CPU inference benchmark\n\n{machine()}")
+  print(f"# CPU inference benchmark\n\n{machine()}; {cpu_features()}")
   if "model" in _SECTIONS.value:
     rows = []
     bench_model(cfg, rows)
     print_table(
-      f"Model only, ResNet-18 width {cfg['width']}, {clip} (ratios: higher is faster)",
-      ["model", "batch", "implementation", "clips/s", "x eager fp32", "x fastest PyTorch", "bf16 top-1 agreement"],
+      f"Model only, ResNet-18 width {cfg['width']}, {clip}, medians of {cfg['rounds']} interleaved rounds "
+      "(ratios: higher is faster)",
+      [
+        "model",
+        "batch",
+        "implementation",
+        "clips/s",
+        "x eager fp32",
+        "x fastest PyTorch fp32",
+        "top-1 agreement with fp32",
+      ],
       rows,
     )
   if "frontend" in _SECTIONS.value:
@@ -244,12 +338,18 @@ def main(argv):
     bench_frontend(cfg, rows)
     print_table(f"Front end, {clip}", ["implementation", "clips", "clips/s", "x scipy"], rows)
   if "predict" in _SECTIONS.value:
-    rows = []
-    bench_predict(cfg, rows)
+    rows, startup_rows = [], []
+    bench_predict(cfg, rows, startup_rows)
     print_table(
-      f"Whole-process predict, {clip} in wav files (wall seconds, with start-up)",
+      f"Whole-process predict, {clip} in wav files (wall seconds with start-up, each a fresh process; "
+      f"medians of {cfg['rounds']} interleaved rounds)",
       ["way", "files", "seconds", "x original"],
       rows,
+    )
+    print_table(
+      "Start-up of a process running runtime.load_classifier (seconds; batch of 8, 10 s clips, caches warm)",
+      ["backend", "interpreter", "imports", "load", "first call", "next call", "teardown", "total"],
+      startup_rows,
     )
 
 

@@ -116,8 +116,8 @@ def _forbid_decoding(monkeypatch):
   def forbidden(*args, **kwargs):
     raise AssertionError("decoding started")
 
-  monkeypatch.setattr(audio.av, "AudioResampler", forbidden)
-  monkeypatch.setattr(audio.sf, "read", forbidden)
+  monkeypatch.setattr(audio, "MonoResampler", forbidden)
+  monkeypatch.setattr(audio.sf, "blocks", forbidden)
 
 
 def test_absurd_headers_are_refused_before_decoding(tmp_path, monkeypatch):
@@ -177,3 +177,52 @@ def test_only_the_first_max_seconds_are_decoded(tmp_path):
   sf.write(tmp_path / "long.wav", long, FS, subtype="PCM_16")
   assert decode_audio(tmp_path / "long.wav").size == audio.MAX_SECONDS * FS
   np.testing.assert_array_equal(load_clip(tmp_path / "long.wav"), long[:CLIP_SAMPLES])
+
+
+def test_stream_audio_reads_a_long_file_in_bounded_memory(tmp_path):
+  import tracemalloc
+
+  rate, seconds = 22050, 120
+  x = _tone(seconds, fs=rate, channels=2)
+  sf.write(tmp_path / "long.wav", x, rate, subtype="PCM_16")
+  del x
+  tracemalloc.start()
+  try:
+    sizes = [chunk.size for chunk in audio.stream_audio(tmp_path / "long.wav", chunk_seconds=2.0)]
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert sizes[:-1] == [2 * FS] * (len(sizes) - 1) and sum(sizes) == seconds * FS  # no 60 s cap
+  assert peak < 2_000_000  # the output alone is 3.8 MB, the file 10.6 MB
+
+
+def test_stream_audio_errors_come_from_the_iterator(tmp_path):
+  chunks = audio.stream_audio(tmp_path / "missing.wav")
+  with pytest.raises(AudioDecodeError, match="no such file"):
+    next(chunks)
+  with pytest.raises(ValueError, match="chunk_seconds"):
+    audio.stream_audio(tmp_path / "missing.wav", chunk_seconds=0)
+
+
+@pytest.mark.parametrize(
+  "samples,rate,problem",
+  [
+    (np.zeros(100, np.int8), FS, "dtype int8"),
+    (np.zeros((10, 2, 2), np.int16), FS, "shape"),
+    (np.zeros((10, audio.MAX_CHANNELS + 1), np.int16), FS, "65 channels"),
+    (np.zeros(100, np.int16), 500, "sample rate 500 Hz"),
+    (np.zeros(100, np.int16), 44100.0, "not an integer"),
+    (np.array([0.0, np.nan], np.float32), FS, "non-finite"),
+  ],
+)
+def test_convert_waveform_refuses_what_is_not_a_waveform(samples, rate, problem):
+  with pytest.raises(ValueError, match=problem) as e:
+    audio.convert_waveform(samples, rate)
+  assert "\n" not in str(e.value)
+
+
+def test_convert_waveform_keeps_16k_mono_int16_and_converts_the_rest():
+  x = _tone(0.5)
+  np.testing.assert_array_equal(audio.convert_waveform(x, FS), x)
+  out = audio.convert_waveform(_tone(0.5, fs=44100, channels=2), 44100)
+  assert out.dtype == np.int16 and out.shape == (FS // 2,)

@@ -27,6 +27,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
       ],
       ["clips/s"],
     ),
+    (
+      ["decoding_agreement.py", "--seconds=0.3", "--timing_seconds=1", "--timing_repeats=1"],
+      ["## Agreement with the ffmpeg command line"],
+    ),
   ],
 )
 def test_benchmark_runs(command, expected, tmp_path):

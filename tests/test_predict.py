@@ -2,7 +2,6 @@
 files like the PyTorch model fed by the original scipy front end; bad files, bad output paths,
 non-finite outputs and a killed run each give one line per problem and lose no result."""
 
-import concurrent.futures
 import csv
 import json
 import os
@@ -10,7 +9,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ import soundfile as sf
 import torch
 
 from vggsound_jax import labels
-from vggsound_jax.cli import predict
 from vggsound_jax.pytorch_conversion import convert
 from vggsound_jax.testing import torch_reference
 
@@ -43,12 +40,15 @@ def _speech_like(seconds, seed):
 
 def _original_probs(model, paths):
   """The original pipeline: sf.read, tile to 10 s, clip, scipy spectrogram, log, standardise."""
+  return _original_probs_of_clips(model, [sf.read(os.fsencode(path), dtype="int16")[0] for path in paths])
+
+
+def _original_probs_of_clips(model, clips):
   specs = []
-  for path in paths:
-    samples, rate = sf.read(os.fsencode(path), dtype="int16")
+  for samples in clips:
     x = np.tile(samples, 10)[:160000] / 32768.0
     x = np.clip(x, -1.0, 1.0)
-    _, _, s = scipy.signal.spectrogram(x, rate, nperseg=512, noverlap=353)
+    _, _, s = scipy.signal.spectrogram(x, FS, nperseg=512, noverlap=353)
     s = np.log(s + 1e-7)
     specs.append((s - s.mean()) / (s.std() + 1e-9))
   x = torch.from_numpy(np.stack(specs)[:, None]).float()
@@ -188,11 +188,54 @@ def test_csv_output(tiny):
   assert result.returncode == 0, _text(result.stderr)
   with open(out, encoding="utf-8", errors="surrogateescape", newline="") as f:
     rows = list(csv.reader(f))
-  assert rows[0] == ["file", "label1", "prob1", "label2", "prob2"]
-  assert [os.fsencode(row[0]) for row in rows[1:]] == [os.fsencode(p) for p in good]  # the bytes on disk
-  for row, (names, probs) in zip(rows[1:], _expected_top(model, good, 2)):
-    assert row[1::2] == names
-    np.testing.assert_allclose([float(p) for p in row[2::2]], probs, atol=1e-4)
+  assert rows[0] == ["file", "window", "start", "end", "label1", "prob1", "label2", "prob2"]
+  # Clips of up to 10 s are one window each: its row, then the file's mean and max rows.
+  assert [os.fsencode(row[0]) for row in rows[1:]] == [os.fsencode(p) for p in good for _ in range(3)]  # bytes on disk
+  assert [row[1] for row in rows[1:]] == ["0", "mean", "max"] * 3
+  for i, (names, probs) in enumerate(_expected_top(model, good, 2)):
+    for row in rows[1 + 3 * i : 4 + 3 * i]:
+      assert (float(row[2]), float(row[3])) == (0.0, sf.info(os.fsencode(good[i])).duration)
+      assert row[4::2] == names
+      np.testing.assert_allclose([float(p) for p in row[5::2]], probs, atol=1e-4)
+
+
+def test_long_recordings_are_tagged_window_by_window(converted, tmp_path):
+  model, tmp = converted
+  long, short = tmp_path / "long.flac", tmp_path / "short.wav"
+  samples = np.concatenate([_speech_like(8.0, seed=s) for s in range(4)])  # 32 s
+  sf.write(long, samples, FS, subtype="PCM_16")
+  sf.write(short, _speech_like(4.0, seed=9), FS, subtype="PCM_16")
+  out = tmp_path / "preds.npz"
+  args = ("--hop", "8", "--batch_size", "3", "--backend", "jax", "--output")
+  result = _predict(tmp / "model", *args, out, long, short)
+  assert result.returncode == 0, _text(result.stderr)
+  preds = np.load(out)
+  starts = [0.0, 8.0, 16.0, 22.0]  # every 8 s, and one more ending at the end
+  np.testing.assert_array_equal(preds["window_start"], starts + [0.0])
+  np.testing.assert_array_equal(preds["window_end"], [s + 10 for s in starts] + [4.0])
+  np.testing.assert_array_equal(preds["window_file"], [0, 0, 0, 0, 1])
+  np.testing.assert_array_equal(preds["durations"], [32.0, 4.0])
+  clips = [samples[int(s) * FS : int(s) * FS + 10 * FS] for s in starts]
+  expected = _original_probs_of_clips(model, clips)
+  np.testing.assert_allclose(preds["window_probs"][:4], expected, atol=1e-4)
+  np.testing.assert_allclose(preds["probs"][0], expected.mean(axis=0), atol=1e-4)
+  np.testing.assert_allclose(preds["max_probs"][0], expected.max(axis=0), atol=1e-4)
+  np.testing.assert_allclose(preds["embeddings"][0], preds["window_embeddings"][:4].mean(axis=0), rtol=1e-5)
+  np.testing.assert_allclose(preds["probs"][1], _original_probs(model, [str(short)])[0], atol=1e-4)
+  # The printout gives each window of the long file its top class, then the mean's top-k.
+  stdout = _text(result.stdout).splitlines()
+  assert stdout[0] == str(long) and stdout[1].startswith("  [0:00.00-0:10.00] ") and "mean over 4 windows" in stdout[5]
+
+  out = tmp_path / "preds.jsonl"
+  result = _predict(tmp / "model", *args, out, "--top_k", "2", long)
+  assert result.returncode == 0, _text(result.stderr)
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert row["duration"] == 32.0 and [(w["start"], w["end"]) for w in row["windows"]] == [(s, s + 10) for s in starts]
+  names = labels.class_names()
+  for w, p in zip(row["windows"], expected):
+    assert w["labels"] == [names[i] for i in np.argsort(-p)[:2]]
+  assert row["labels"] == [names[i] for i in np.argsort(-expected.mean(axis=0))[:2]]
+  assert row["max_labels"] == [names[i] for i in np.argsort(-expected.max(axis=0))[:2]]
 
 
 def test_output_path_is_checked_before_any_work(tmp_path):
@@ -216,17 +259,17 @@ def test_output_path_is_checked_before_any_work(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["folder.npz", "taken.csv.partial"]
 
 
-# Runs the command, but SIGKILLs itself when the model is called for the KILL_AT-th batch.
+# Runs the command, but sends itself SIGNAL when the model is called for the KILL_AT-th batch.
 KILL_AT = 3
-_KILLED_RUN = f"""
-import os, signal
+_KILLED_RUN = """
+import os, signal, sys
 from vggsound_jax import inference
 calls = []
 original = inference.Classifier.__call__
 def call_or_die(self, audio):
   calls.append(1)
-  if len(calls) == {KILL_AT}:
-    os.kill(os.getpid(), signal.SIGKILL)
+  if len(calls) == KILL_AT:
+    os.kill(os.getpid(), SIGNAL)
   return original(self, audio)
 inference.Classifier.__call__ = call_or_die
 from vggsound_jax.cli.predict import run
@@ -234,19 +277,37 @@ run()
 """
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".npz"])
-def test_a_killed_run_keeps_every_result_so_far(tiny, suffix):
+def _killed_run(signum):
+  return f"KILL_AT, SIGNAL = {KILL_AT}, {int(signum)}" + _KILLED_RUN
+
+
+@pytest.mark.parametrize(
+  ("suffix", "signum"), [(".jsonl", signal.SIGKILL), (".npz", signal.SIGKILL), (".csv", signal.SIGINT)]
+)
+def test_a_killed_run_keeps_every_result_so_far(tiny, suffix, signum):
   _, tmp, good = tiny
   files = [good[i % 3] for i in range(7)]
   out = tmp / f"killed{suffix}"
-  result = _predict(tmp / "model", "--batch_size", "2", "--output", out, *files, code=_KILLED_RUN)
-  assert result.returncode == -signal.SIGKILL
+  args = ("--batch_size", "2", "--backend", "jax", "--output", out, *files)
+  result = _predict(tmp / "model", *args, code=_killed_run(signum))
   kept = 2 * (KILL_AT - 1)
   partial = tmp / f"killed{suffix}.partial"
+  if signum == signal.SIGKILL:
+    assert result.returncode == -signal.SIGKILL
+  else:  # Ctrl-C: the project's two lines, no traceback
+    assert result.returncode == 130
+    assert _text(result.stderr).splitlines() == [
+      f"stopped: the {kept} results so far are kept in {partial}",
+      "interrupted",
+    ]
   assert not out.exists()
   if suffix == ".jsonl":
     rows = [json.loads(line) for line in partial.read_text().splitlines()]
     assert [os.fsencode(row["file"]) for row in rows] == [os.fsencode(f) for f in files[:kept]]
+  elif suffix == ".csv":
+    with open(partial, encoding="utf-8", errors="surrogateescape", newline="") as f:
+      rows = [row for row in csv.reader(f)][1:]
+    assert [os.fsencode(row[0]) for row in rows] == [os.fsencode(f) for f in files[:kept] for _ in range(3)]
   else:
     names = [json.loads(line) for line in (partial / "files.txt").read_text().splitlines()]
     assert [os.fsencode(name) for name in names] == [os.fsencode(f) for f in files[:kept]]
@@ -278,27 +339,6 @@ def test_non_finite_outputs_fail_the_run(tmp_path):
   ]
   preds = np.load(tmp_path / "preds.npz")
   assert preds["probs"].shape == (0, 309) and preds["files"].shape == (0,)
-
-
-def test_decoding_runs_a_bounded_window_ahead():
-  pulled, consumed, most_ahead = [0], [0], [0]
-  lock = threading.Lock()
-
-  def items():
-    for i in range(200):
-      with lock:
-        pulled[0] += 1
-        most_ahead[0] = max(most_ahead[0], pulled[0] - consumed[0])
-      yield i
-
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    results = []
-    for value in predict._ahead(pool, lambda x: x * 2, items(), window=5):
-      with lock:
-        consumed[0] += 1
-      results.append(value)
-  assert results == [2 * i for i in range(200)]
-  assert most_ahead[0] <= 6  # the window, and the one being handed over
 
 
 def test_bad_checkpoint_directory_is_one_line_error(tmp_path):

@@ -23,6 +23,11 @@ LIBRARY_MODULES = [
   "vggsound_jax.vggish_conversion",
   "vggsound_jax.warm_start",
   "vggsound_jax.datasets.audioset",
+  "vggsound_jax.tagger",
+  "vggsound_jax.results",
+  "vggsound_jax.runtime",
+  "vggsound_jax.export",
+  "vggsound_jax.ffmpeg_compat",
 ]
 # Each command defines its absl flags on import, so each gets a process of its own.
 COMMANDS = [
@@ -30,6 +35,7 @@ COMMANDS = [
   "vggsound_jax.cli.evaluate",
   "vggsound_jax.cli.predict",
   "vggsound_jax.cli.convert",
+  "vggsound_jax.cli.export",
 ]
 
 

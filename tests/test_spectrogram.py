@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from vggsound_jax.spectrogram import log_spectrogram, num_frames
+from vggsound_jax.spectrogram import NPERSEG, TUKEY_ALPHA, WINDOW, log_spectrogram, num_frames, periodic_tukey
 
 FS = 16000
 N = 160000  # 10 s
@@ -70,3 +70,11 @@ def test_float_input_is_clipped_like_int16():
 def test_frame_count_matches_scipy(num_samples):
   _, t, _ = scipy.signal.spectrogram(np.zeros(num_samples), fs=FS, nperseg=512, noverlap=353)
   assert num_frames(num_samples) == len(t)
+
+
+def test_window_is_scipys_periodic_tukey():
+  np.testing.assert_array_equal(WINDOW, scipy.signal.get_window(("tukey", TUKEY_ALPHA), NPERSEG))
+  for length, alpha in [(400, 0.5), (513, 0.25), (64, 0.1)]:
+    np.testing.assert_allclose(
+      periodic_tukey(length, alpha), scipy.signal.get_window(("tukey", alpha), length), atol=1e-15
+    )

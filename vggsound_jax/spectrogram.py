@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.signal
 
 from vggsound_jax.audio import INT16_SCALE, SAMPLE_RATE
 
@@ -21,8 +20,21 @@ TUKEY_ALPHA = 0.25  # scipy.signal.spectrogram's default window is ('tukey', 0.2
 LOG_EPS = 1e-7
 STD_EPS = 1e-9
 
-# scipy's periodic (fftbins=True) Tukey window.
-WINDOW = scipy.signal.get_window(("tukey", TUKEY_ALPHA), NPERSEG)
+
+def periodic_tukey(length: int, alpha: float) -> np.ndarray:
+  """scipy.signal.get_window(("tukey", alpha), length): the symmetric window one sample longer,
+  its last sample dropped. Built here because importing scipy.signal takes most of a second."""
+  n = length + 1
+  width = int(np.floor(alpha * (n - 1) / 2.0))
+  k = np.arange(n)
+  window = np.ones(n)
+  rise, fall = k[: width + 1], k[n - width - 1 :]
+  window[: width + 1] = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * rise / alpha / (n - 1))))
+  window[n - width - 1 :] = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * fall / alpha / (n - 1))))
+  return window[:-1]
+
+
+WINDOW = periodic_tukey(NPERSEG, TUKEY_ALPHA)
 
 
 def _power_to_log_scale() -> np.ndarray:

@@ -50,6 +50,11 @@ def run_app(main: Callable[[list[str]], None]) -> None:
       message = " ".join(str(e).split()) or type(e).__name__
       print(f"error: {message}", file=sys.stderr)
       sys.exit(1)
+    except KeyboardInterrupt:
+      if _DEBUG.value:
+        raise
+      print("interrupted", file=sys.stderr)  # what was kept, the command has said
+      sys.exit(130)  # the shell's code for Ctrl-C
 
   app.run(wrapped, flags_parser=_parse_flags)
 

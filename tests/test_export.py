@@ -1,0 +1,257 @@
+"""The exported OpenVINO graph and the runtime's backends, against JAX (`inference.forward`) as the reference."""
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from vggsound_jax import export, inference, runtime
+from vggsound_jax.model_dir import save_model
+from vggsound_jax.models import ModelConfig
+from vggsound_jax.testing.random_model import random_model
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
+NUM_SAMPLES = 8000  # 0.5 s
+BATCH = 4
+FP32_TOLERANCE = 1e-4
+NAMES = ("a", "b", "c", "d", "e")
+
+
+def _model(config):
+  model = random_model(config, seed=3, std=0.3)  # clearly different outputs for different clips
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, nnx.BatchNorm):  # random_model's variances can be negative: NaN everywhere
+      module.var[...] = np.abs(module.var[...]) + 0.5
+  return model
+
+
+def _clips(n=3, seed=0):
+  rng = np.random.default_rng(seed)
+  t = np.arange(NUM_SAMPLES) / 16000
+  clips = 8000 * np.sin(2 * np.pi * rng.uniform(100, 4000, (n, 1)) * t) + rng.normal(0, 500, (n, NUM_SAMPLES))
+  clips[0] = rng.integers(-2, 3, NUM_SAMPLES)  # near silence: the log1p path of the front end
+  return clips.astype(np.int16)
+
+
+CLIPS = _clips()
+CONFIGS = {
+  "r18-avgpool": ModelConfig(depth=18, head="avgpool", width=4, num_classes=5),
+  "r18-vlad": ModelConfig(depth=18, head="vlad", width=4, num_classes=5, num_clusters=4),
+  "r50-avgpool-sigmoid": ModelConfig(depth=50, head="avgpool", width=4, num_classes=5, output="sigmoid"),
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """name -> (model directory, the JAX reference's (probs, embeddings) of CLIPS)."""
+  out = {}
+  for name, config in CONFIGS.items():
+    model = _model(config)
+    directory = save_model(tmp_path_factory.mktemp("models") / name, model, class_names=NAMES)
+    out[name] = (directory, tuple(np.asarray(x) for x in jax.jit(inference.forward)(model, CLIPS)))
+  return out
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+  monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
+  return tmp_path / "cache" / runtime.EXPORT_CACHE_SUBDIR
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_exported_graph_matches_jax(saved, tmp_path, name):
+  directory, (want_probs, want_embeddings) = saved[name]
+  metadata = export.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
+  assert metadata["source_model_hash"] == export.model_hash(directory)
+  classifier, loaded = runtime.load_classifier(tmp_path / "exported", batch_size=BATCH, num_samples=NUM_SAMPLES)
+  assert (classifier.backend, classifier.batch_size, classifier.num_samples) == ("openvino", BATCH, NUM_SAMPLES)
+  assert loaded["class_names"] == list(NAMES) and loaded["precision"] == "fp32"
+  probs, embeddings = classifier(CLIPS)  # 3 clips: a padded batch
+  assert probs.dtype == embeddings.dtype == np.float32
+  assert embeddings.shape == want_embeddings.shape == (3, classifier.embedding_dim)
+  np.testing.assert_allclose(probs, want_probs, atol=FP32_TOLERANCE, rtol=0)
+  np.testing.assert_allclose(embeddings, want_embeddings, atol=FP32_TOLERANCE, rtol=0)
+  assert np.ptp(want_probs, axis=0).max() > 5 * FP32_TOLERANCE  # the clips tell apart: the comparison means something
+
+
+def test_bf16_export_reports_agreement_with_fp32(saved, tmp_path):
+  directory, _ = saved["r18-vlad"]
+  export.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
+  bf16, metadata = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)
+  fp32, _ = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES, dtype="float32")
+  assert metadata["precision"] == bf16.precision == "bf16" and fp32.precision == "fp32"
+  clips = _clips(4, seed=1)
+  probs, _ = bf16(clips)
+  agreement = float(np.mean(probs.argmax(1) == fp32(clips)[0].argmax(1)))
+  assert 0.0 <= agreement <= 1.0
+  assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1.0, atol=2e-2)
+
+
+def test_auto_exports_once_into_the_cache_and_reuses_it(saved, cache, monkeypatch):
+  directory, (want_probs, _) = saved["r18-avgpool"]
+  classifier, metadata = runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
+  assert classifier.backend == "openvino" and metadata["class_names"] == list(NAMES)
+  (entry,) = cache.iterdir()  # one complete entry, no scratch directory left behind
+  assert sorted(p.name for p in entry.iterdir()) == sorted(
+    [export.GRAPH_FILE, export.WEIGHTS_FILE, export.METADATA_FILE, export.MANIFEST]
+  )
+
+  def no_export(*args, **kwargs):
+    raise AssertionError("exported again")
+
+  monkeypatch.setattr(export, "write_export", no_export)
+  again, _ = runtime.load_classifier(directory, batch_size=2, num_samples=NUM_SAMPLES)
+  np.testing.assert_allclose(again(CLIPS[:2])[0], want_probs[:2], atol=FP32_TOLERANCE, rtol=0)
+  # Another clip length is another entry.
+  monkeypatch.undo()
+  monkeypatch.setenv(runtime.CACHE_ENV, str(cache.parent))
+  runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES + 159)
+  assert len(list(cache.iterdir())) == 2
+
+
+def test_damaged_cache_entry_is_exported_again(saved, cache):
+  directory, _ = saved["r18-avgpool"]
+  runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
+  (entry,) = cache.iterdir()
+  (entry / export.WEIGHTS_FILE).write_bytes(b"truncated")
+  classifier, _ = runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
+  assert classifier.backend == "openvino"
+  export.verify_manifest(entry)
+  assert [p.name for p in cache.iterdir()] == [entry.name]
+
+
+def test_concurrent_loads_share_one_complete_entry(saved, cache):
+  directory, _ = saved["r18-vlad"]
+  results, errors = [], []
+
+  def load():
+    try:
+      results.append(runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend)
+    except Exception as e:  # noqa: BLE001 - reported below
+      errors.append(e)
+
+  threads = [threading.Thread(target=load) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors and results == ["openvino"] * 3
+  (entry,) = cache.iterdir()
+  export.verify_manifest(entry)
+
+
+def test_forced_and_fallback_backends(saved, tmp_path, monkeypatch, capsys):
+  directory, reference = saved["r18-vlad"]
+  clips = CLIPS
+  jax_classifier, metadata = runtime.load_classifier(
+    directory, backend="jax", batch_size=BATCH, num_samples=NUM_SAMPLES
+  )
+  assert jax_classifier.backend == "jax" and metadata["class_names"] == list(NAMES)
+  ov_classifier, _ = runtime.load_classifier(directory, backend="openvino", batch_size=BATCH, num_samples=NUM_SAMPLES)
+  assert ov_classifier.backend == "openvino"
+  for got_jax, got_openvino, want in zip(jax_classifier(clips), ov_classifier(clips), reference):
+    np.testing.assert_allclose(got_jax, want, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got_openvino, want, atol=FP32_TOLERANCE, rtol=0)
+  with pytest.raises(ValueError, match="exceeds batch_size"):
+    ov_classifier(_clips(BATCH + 1))
+  with pytest.raises(ValueError, match=r"expected \(n, 8000\)"):
+    jax_classifier(clips[:, :-1])
+  with pytest.raises(runtime.BackendError, match="unknown backend 'tpu'"):
+    runtime.load_classifier(directory, backend="tpu")
+
+  exported = tmp_path / "exported"
+  export.export_model(directory, exported, num_samples=NUM_SAMPLES)
+  with pytest.raises(runtime.BackendError, match="runs on openvino only"):
+    runtime.load_classifier(exported, backend="jax", num_samples=NUM_SAMPLES)
+  with pytest.raises(runtime.BackendError, match="exported for clips of 8000 samples, not 16000"):
+    runtime.load_classifier(exported, num_samples=16000)
+
+  # On an accelerator, auto runs JAX.
+  monkeypatch.setattr(runtime, "jax_on_cpu_only", lambda: False)
+  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "jax"
+  # Without openvino: auto runs JAX, and forcing it is one line.
+  monkeypatch.setattr(runtime, "openvino_version", lambda: None)
+  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "jax"
+  with pytest.raises(runtime.BackendError, match="'openvino' is not installed"):
+    runtime.load_classifier(directory, backend="openvino", num_samples=NUM_SAMPLES)
+  assert capsys.readouterr().err == ""
+
+
+def test_vggish_falls_back_to_jax(tmp_path, capsys):
+  config = ModelConfig(arch="vggish", width=4, fc_width=32, num_classes=5)
+  model = random_model(config)
+  directory = save_model(tmp_path / "vggish", model, class_names=NAMES)
+  clips = np.random.default_rng(0).integers(-3000, 3000, (2, 16000)).astype(np.int16)  # one 0.96 s patch
+  classifier, _ = runtime.load_classifier(directory, batch_size=2, num_samples=16000)
+  assert classifier.backend == "jax"
+  assert "note: running on JAX instead of OpenVINO" in capsys.readouterr().err
+  np.testing.assert_allclose(classifier(clips)[0], np.asarray(jax.jit(inference.forward)(model, clips)[0]), atol=1e-6)
+  with pytest.raises(runtime.BackendError, match="vggish model cannot be exported"):
+    runtime.load_classifier(directory, backend="openvino", num_samples=16000)
+  with pytest.raises(export.UnsupportedExportError):
+    export.export_model(directory, tmp_path / "out", num_samples=16000)
+
+
+def test_exported_model_runs_without_jax_tensorflow_or_telemetry(saved, tmp_path):
+  directory, _ = saved["r18-avgpool"]
+  export.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
+  code = (
+    "import os, sys, numpy as np\n"
+    "forks = []\n"
+    "os.register_at_fork(before=lambda: forks.append(1))\n"
+    "from vggsound_jax.runtime import load_classifier\n"
+    f"c, m = load_classifier({str(tmp_path / 'exported')!r}, batch_size=2, num_samples={NUM_SAMPLES})\n"
+    f"probs, _ = c(np.zeros((1, {NUM_SAMPLES}), np.int16))\n"
+    "assert probs.shape == (1, 5), probs.shape\n"
+    "print(sorted(m for m in ('jax', 'tensorflow', 'torch', 'scipy.signal') if m in sys.modules), len(forks))\n"
+  )
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  # No fork either: openvino's usage telemetry (a network call from a forked process) stays off.
+  assert result.stdout.strip() == "[] 0"
+
+
+def _export_command(*args, cwd):
+  return subprocess.run(
+    [sys.executable, str(SCRIPT), *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=cwd,
+  )
+
+
+def test_export_command(saved, tmp_path):
+  directory, _ = saved["r18-avgpool"]
+  output = tmp_path / "out"
+  result = _export_command("--checkpoint", directory, "--output", output, "--num_samples", NUM_SAMPLES, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "ResNet-18 avgpool, 5 classes, clips of 8000 samples, fp32" in result.stdout
+  assert export.read_metadata(output)["num_samples"] == NUM_SAMPLES
+
+  # Refused before any work: an existing output without --overwrite, or a directory it did not write.
+  with pytest.raises(export.ExportError, match="already exists"):
+    export.export_model(directory, output, num_samples=NUM_SAMPLES)
+  (output / "notes.txt").write_text("mine")
+  with pytest.raises(export.ExportError, match="notes.txt: was not written by vggsound-jax"):
+    export.export_model(directory, output, num_samples=NUM_SAMPLES, overwrite=True)
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "data.txt").write_text("keep me")
+  bad = tmp_path / "not_a_model"
+  bad.mkdir()
+  for args, message in [
+    (["--checkpoint", directory, "--output", foreign, "--overwrite"], "is not a model exported by vggsound-jax"),
+    (["--checkpoint", bad, "--output", tmp_path / "new"], "not a model checkpoint"),
+  ]:
+    result = _export_command(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+  assert (foreign / "data.txt").read_text() == "keep me"
+  assert not (tmp_path / "new").exists()
