@@ -2,6 +2,8 @@
 batch split between them) runs in-process as on a multi-GPU host; a test that wants one device
 builds its mesh from `jax.devices()[:1]`. Set before any test touches a JAX backend."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -9,11 +11,21 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from vggsound_jax.inference import CACHE_MAX_BYTES
+
 NUM_CPU_DEVICES = 4  # several, as on a multi-GPU host; few, as compiling for each costs CI time
 REPO = Path(__file__).resolve().parents[1]
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", NUM_CPU_DEVICES)
+# Tests compile the same programs again and again (the tiny model's initialisers, train and eval
+# steps, in test after test and in every xdist worker): one compilation cache for the whole run
+# compiles each once. Programs are looked up by their HLO and compile options, so no test gets
+# another's program. Commands run by tests keep their own cache (VGGSOUND_JAX_CACHE).
+if os.environ.get("VGGSOUND_JAX_TEST_CACHE", "1") != "0":
+  jax.config.update("jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / f"vggsound-jax-tests-{os.getuid()}"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+  jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)  # and so the xdist workers' file lock
 
 
 def load_config(spec: str, *overrides: str):
