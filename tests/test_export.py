@@ -246,7 +246,10 @@ def test_export_command(saved, tmp_path):
   bad = tmp_path / "not_a_model"
   bad.mkdir()
   for args, message in [
-    (["--checkpoint", directory, "--output", foreign, "--overwrite"], "is not a model exported by vggsound-jax"),
+    (
+      ["--checkpoint", directory, "--output", foreign, "--overwrite"],
+      "is not an exported model written by vggsound-jax",
+    ),
     (["--checkpoint", bad, "--output", tmp_path / "new"], "not a model checkpoint"),
   ]:
     result = _export_command(*args, cwd=tmp_path)

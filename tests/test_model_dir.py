@@ -333,7 +333,7 @@ def test_a_failed_save_keeps_the_previous_model(saved, monkeypatch):
   def broken(directory):
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(model_dir, "_write_manifest", broken)
+  monkeypatch.setattr(model_dir.manifest, "write_manifest", broken)
   with pytest.raises(OSError, match="No space left"):
     save_model(saved, _random_model("vlad"), class_names=NAMES, overwrite=True)
   assert _snapshot(saved) == before and _siblings(saved) == ["m"]

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from vggsound_jax import manifest
 from vggsound_jax.audio import CLIP_SAMPLES
 from vggsound_jax.errors import PathError
 
@@ -42,7 +43,7 @@ FORMAT_FAMILY = "vggsound_jax.export/"
 GRAPH_FILE = "model.xml"  # and its weights, model.bin
 WEIGHTS_FILE = "model.bin"
 METADATA_FILE = "export.json"
-MANIFEST = "SHA256SUMS"  # model_dir.MANIFEST too; not imported from there, which would import jax
+MANIFEST = manifest.MANIFEST
 PRECISIONS = ("fp32", "bf16")
 # The model config's compute dtype each precision stands for (load_model's `dtype`).
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -96,19 +97,6 @@ def precision_of_dtype(dtype: str) -> str:
   raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(PRECISION_DTYPES.values())}")
 
 
-def _files(directory: Path) -> list[str]:
-  return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
-
-
-def _sha256(path: Path) -> str:
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _manifest_lines(directory: Path) -> list[str]:
-  return [f"{_sha256(directory / name)}  {name}\n" for name in _files(directory) if name != MANIFEST]
-
-
 def model_hash(model_directory: str | os.PathLike) -> str:
   """The sha256 of a model directory's SHA256SUMS: one name for its exact content, read without
   hashing the arrays. (An earlier-format directory without a manifest is hashed file by file.)"""
@@ -118,7 +106,7 @@ def model_hash(model_directory: str | os.PathLike) -> str:
   except FileNotFoundError:
     if not directory.is_dir():
       raise ExportError(directory, "no such model directory") from None
-    return hashlib.sha256("".join(_manifest_lines(directory)).encode()).hexdigest()
+    return hashlib.sha256("".join(manifest.manifest_lines(directory)).encode()).hexdigest()
 
 
 def read_metadata(directory: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
@@ -142,65 +130,24 @@ def read_metadata(directory: str | os.PathLike, *, verify: bool = True) -> dict[
 
 def verify_manifest(directory: Path) -> None:
   """Raises ExportError naming the first file that differs from SHA256SUMS (or is missing or extra)."""
-  path = directory / MANIFEST
-  try:
-    lines = path.read_text(encoding="utf-8").splitlines()
-  except OSError as e:
-    raise ExportError(path, f"unreadable ({e.strerror or e}): the exported directory is incomplete") from None
-  expected = {}
-  for line in lines:
-    digest, _, name = line.partition("  ")
-    expected[name] = digest
-  present = set(_files(directory)) - {MANIFEST}
-  for name in sorted(present - set(expected)):
-    raise ExportError(directory / name, f"not part of the exported model (absent from {MANIFEST}); remove it")
-  for name, digest in expected.items():
-    if name not in present:
-      raise ExportError(directory / name, f"missing (listed in {MANIFEST}): the exported directory is damaged")
-    if _sha256(directory / name) != digest:
-      raise ExportError(directory / name, f"damaged: its sha256 differs from {MANIFEST}")
+  manifest.verify(directory, ExportError, "exported model")
 
 
-def check_target(directory: str | os.PathLike, *, overwrite: bool) -> Path:
-  """Raises ExportError unless an export may write `directory`: new, or (with `overwrite`) empty
-  or an exported directory this project wrote holding nothing else. Returns the absolute path."""
-  directory = Path(os.path.abspath(directory))
-  cwd = Path.cwd().resolve()
-  resolved = directory.resolve()
-  if resolved == cwd or resolved in cwd.parents:
-    raise ExportError(directory, "is the current directory or one of its parents (refusing to replace it)")
-  if directory.is_symlink():
-    raise ExportError(directory, "is a symbolic link (refusing to replace it; give a new directory)")
-  if not directory.exists():
-    return directory
-  if not overwrite:
-    raise ExportError(directory, "already exists (pass --overwrite to replace an exported model)")
-  if not directory.is_dir():
-    raise ExportError(directory, "is a file, not an exported model (refusing to replace it)")
-  if not any(directory.iterdir()):
-    return directory
+def _is_export(directory: Path) -> bool:
   try:
     read_metadata(directory, verify=False)
   except ExportError:
-    raise ExportError(
-      directory, "is not a model exported by vggsound-jax (refusing to replace it; give a new directory)"
-    ) from None
-  try:
-    listed = {line.partition("  ")[2] for line in (directory / MANIFEST).read_text(encoding="utf-8").splitlines()}
-  except OSError:
-    listed = set()  # then every file counts as foreign
-  foreign = [name for name in _files(directory) if name not in listed | {MANIFEST}]
-  if foreign:
-    raise ExportError(directory / foreign[0], "was not written by vggsound-jax (refusing to replace its directory)")
-  return directory
+    return False
+  # Without its manifest, which of its files are ours cannot be known: it is not replaced.
+  return (directory / MANIFEST).is_file()
 
 
-def _fsync_directory(directory: Path) -> None:
-  fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
+def check_target(directory: str | os.PathLike, *, overwrite: bool) -> Path:
+  """Raises ExportError unless an export may write `directory` (manifest.check_target). Returns
+  the absolute path."""
+  return manifest.check_target(
+    directory, overwrite=overwrite, error=ExportError, what="exported model", ours=_is_export
+  )
 
 
 def _sibling(directory: Path, suffix: str) -> Path:
@@ -221,7 +168,7 @@ def _place(saving: Path, directory: Path) -> None:
       os.rename(saving, directory)
   else:
     os.rename(saving, directory)
-  _fsync_directory(directory.parent)
+  manifest.fsync_directory(directory.parent)
 
 
 def _place_in_cache(saving: Path, directory: Path) -> None:
@@ -242,7 +189,7 @@ def _place_in_cache(saving: Path, directory: Path) -> None:
   except OSError:
     if not (directory / METADATA_FILE).is_file():
       raise
-  _fsync_directory(directory.parent)
+  manifest.fsync_directory(directory.parent)
 
 
 def write_export(
@@ -288,7 +235,7 @@ def write_export(
     ov.save_model(graph, saving / GRAPH_FILE, compress_to_fp16=False)
     (saving / METADATA_FILE).write_text(json.dumps(exported, indent=1) + "\n", encoding="utf-8")
     with open(saving / MANIFEST, "w", encoding="utf-8") as f:
-      f.writelines(_manifest_lines(saving))
+      f.writelines(manifest.manifest_lines(saving))
       f.flush()
       os.fsync(f.fileno())
     (_place_in_cache if cache else _place)(saving, output)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
+from vggsound_jax import manifest
 from vggsound_jax.errors import PathError
 from vggsound_jax.models import ModelConfig, ResNet, abstract_model_state, graphdefs, merge_model, split_model
 
@@ -50,7 +50,7 @@ UNCHECKED_FORMATS = ("vggsound_jax.model/2",)
 FORMAT_FAMILY = "vggsound_jax.model/"
 STATE_ITEM = "state"
 METADATA_ITEM = "metadata"
-MANIFEST = "SHA256SUMS"
+MANIFEST = manifest.MANIFEST
 # Where Orbax's JsonSave puts the metadata item's JSON (read directly to recognise our directories).
 _METADATA_JSON = Path(METADATA_ITEM) / "metadata"
 # Scratch siblings of a model directory NAME while it is written or replaced.
@@ -95,59 +95,9 @@ def _read_format(directory: Path) -> str | None:
   return value if isinstance(value, str) else None
 
 
-def _files(directory: Path) -> list[str]:
-  """Every file under `directory`, as sorted '/'-separated relative paths."""
-  return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
-
-
-def _sha256(path: Path) -> str:
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _write_manifest(directory: Path) -> None:
-  lines = [f"{_sha256(directory / name)}  {name}\n" for name in _files(directory) if name != MANIFEST]
-  with open(directory / MANIFEST, "w", encoding="utf-8") as f:
-    f.writelines(lines)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _read_manifest(directory: Path) -> dict[str, str]:
-  path = directory / MANIFEST
-  entries = {}
-  try:
-    lines = path.read_text(encoding="utf-8").splitlines()
-  except FileNotFoundError:
-    raise ModelCheckpointError(path, "missing: the model directory is incomplete (write it again)") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise ModelCheckpointError(path, f"unreadable ({_one_line(e)})") from None
-  for number, line in enumerate(lines, 1):
-    digest, sep, name = line.partition("  ")
-    if not sep or len(digest) != 64 or not name or ".." in name.split("/") or name.startswith("/"):
-      raise ModelCheckpointError(path, f"line {number} is malformed (damaged manifest)")
-    entries[name] = digest
-  return entries
-
-
 def verify_manifest(directory: str | os.PathLike) -> None:
   """Checks every file of a model directory against its SHA256SUMS; raises naming the first bad file."""
-  directory = Path(directory).absolute()
-  expected = _read_manifest(directory)
-  present = set(_files(directory)) - {MANIFEST}
-  extra = sorted(present - set(expected))
-  if extra:
-    raise ModelCheckpointError(directory / extra[0], f"not part of the model (absent from {MANIFEST}); remove it")
-  for name, digest in expected.items():
-    path = directory / name
-    if name not in present:
-      raise ModelCheckpointError(path, f"missing (listed in {MANIFEST}): the model directory is damaged")
-    try:
-      actual = _sha256(path)
-    except OSError as e:
-      raise ModelCheckpointError(path, f"unreadable ({e.strerror or e})") from None
-    if actual != digest:
-      raise ModelCheckpointError(path, f"damaged: its sha256 differs from {MANIFEST} (changed or truncated)")
+  manifest.verify(Path(directory).absolute(), ModelCheckpointError, "model directory")
 
 
 def _non_finite_paths(state: dict[str, Any]) -> list[str]:
@@ -173,38 +123,16 @@ def _non_finite_paths(state: dict[str, Any]) -> list[str]:
 
 
 def check_target(directory: str | os.PathLike, *, overwrite: bool) -> Path:
-  """Raises ModelCheckpointError unless `save_model(directory, overwrite=overwrite)` may write there.
-
-  Cheap (reads no arrays): the commands call it before any work. Returns the absolute path.
-  """
-  directory = Path(os.path.abspath(directory))
-  cwd = Path.cwd().resolve()
-  resolved = directory.resolve()
-  if resolved == cwd or resolved in cwd.parents:
-    raise ModelCheckpointError(directory, "is the current directory or one of its parents (refusing to replace it)")
-  if directory.is_symlink():
-    raise ModelCheckpointError(directory, "is a symbolic link (refusing to replace it; give a new directory)")
-  if not directory.exists():
-    return directory
-  if not overwrite:
-    raise ModelCheckpointError(directory, "already exists (pass --overwrite to replace a model directory)")
-  if not directory.is_dir():
-    raise ModelCheckpointError(directory, "is a file, not a model directory (refusing to replace it)")
-  if not any(directory.iterdir()):
-    return directory
-  found = _read_format(directory)
-  if found is None or not found.startswith(FORMAT_FAMILY):
-    raise ModelCheckpointError(
-      directory, "is not a model directory written by vggsound-jax (refusing to replace it; give a new directory)"
-    )
-  if (directory / MANIFEST).is_file():
-    listed = set(_read_manifest(directory)) | {MANIFEST}
-    foreign = [name for name in _files(directory) if name not in listed]
-    if foreign:
-      raise ModelCheckpointError(
-        directory / foreign[0], "was not written by vggsound-jax (refusing to replace its model directory)"
-      )
-  return directory
+  """Raises ModelCheckpointError unless `save_model(directory, overwrite=overwrite)` may write there
+  (manifest.check_target). Cheap (reads no arrays): the commands call it before any work.
+  Returns the absolute path."""
+  return manifest.check_target(
+    directory,
+    overwrite=overwrite,
+    error=ModelCheckpointError,
+    what="model directory",
+    ours=lambda d: (_read_format(d) or "").startswith(FORMAT_FAMILY),
+  )
 
 
 def _recover_interrupted_replace(directory: Path) -> None:
@@ -230,14 +158,6 @@ def _sync(name: str) -> None:
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
     multihost_utils.sync_global_devices(name)
-
-
-def _fsync_directory(directory: Path) -> None:
-  fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 def save_model(
@@ -290,7 +210,7 @@ def save_model(
         ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(metadata)}),
       )
     if primary:
-      _write_manifest(saving)
+      manifest.write_manifest(saving)
   except BaseException:
     if primary:
       _remove_scratch(saving)
@@ -307,7 +227,7 @@ def save_model(
         os.rename(saving, directory)
     else:
       os.rename(saving, directory)
-    _fsync_directory(directory.parent)
+    manifest.fsync_directory(directory.parent)
   _sync("vggsound_jax.save_model.done")
   return directory
 
