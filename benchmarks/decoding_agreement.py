@@ -21,14 +21,12 @@ import time
 from pathlib import Path
 
 import av
+import benchmark_utils
 import numpy as np
 import soundfile as sf
 from absl import app, flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark_utils  # noqa: E402
-
-from vggsound_jax.audio import SAMPLE_RATE, decode_audio  # noqa: E402
+from vggsound_jax.audio import SAMPLE_RATE, decode_audio
 
 _SECONDS = flags.DEFINE_float("seconds", 3.0, "Length of each source.", lower_bound=0.1)
 _TIMING_REPEATS = flags.DEFINE_integer("timing_repeats", 20, "Timed runs of each way.", lower_bound=1)

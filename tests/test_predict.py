@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.signal
 import soundfile as sf
 import torch
 
@@ -40,20 +39,7 @@ def _speech_like(seconds, seed):
 
 def _original_probs(model, paths):
   """The original pipeline: sf.read, tile to 10 s, clip, scipy spectrogram, log, standardise."""
-  return _original_probs_of_clips(model, [sf.read(os.fsencode(path), dtype="int16")[0] for path in paths])
-
-
-def _original_probs_of_clips(model, clips):
-  specs = []
-  for samples in clips:
-    x = np.tile(samples, 10)[:160000] / 32768.0
-    x = np.clip(x, -1.0, 1.0)
-    _, _, s = scipy.signal.spectrogram(x, FS, nperseg=512, noverlap=353)
-    s = np.log(s + 1e-7)
-    specs.append((s - s.mean()) / (s.std() + 1e-9))
-  x = torch.from_numpy(np.stack(specs)[:, None]).float()
-  with torch.no_grad():
-    return torch.softmax(model(x), dim=1).numpy()
+  return torch_reference.original_probs(model, [sf.read(os.fsencode(path), dtype="int16")[0] for path in paths])
 
 
 def _predict(model_dir, *args, code=None, cwd=None):
@@ -216,7 +202,7 @@ def test_long_recordings_are_tagged_window_by_window(converted, tmp_path):
   np.testing.assert_array_equal(preds["window_file"], [0, 0, 0, 0, 1])
   np.testing.assert_array_equal(preds["durations"], [32.0, 4.0])
   clips = [samples[int(s) * FS : int(s) * FS + 10 * FS] for s in starts]
-  expected = _original_probs_of_clips(model, clips)
+  expected = torch_reference.original_probs(model, clips)
   np.testing.assert_allclose(preds["window_probs"][:4], expected, atol=1e-4)
   np.testing.assert_allclose(preds["probs"][0], expected.mean(axis=0), atol=1e-4)
   np.testing.assert_allclose(preds["max_probs"][0], expected.max(axis=0), atol=1e-4)

@@ -6,9 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import scipy.signal
 import soundfile as sf
-import torch
 
 from vggsound_jax import Tagger, audio, tagger
 from vggsound_jax.pytorch_conversion import convert
@@ -24,18 +22,6 @@ def _sound(seconds, seed):
   pitch = np.repeat(rng.uniform(100, 3000, int(np.ceil(seconds))), FS)[:n]
   x = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / FS) + rng.normal(0, 0.02, n)
   return np.clip(x * 32767, -32768, 32767).astype(np.int16)
-
-
-def _original_probs(model, clips):
-  """The original's front end and network on int16 clips of 10 s."""
-  specs = []
-  for clip in clips:
-    x = np.clip(clip / 32768.0, -1.0, 1.0)
-    _, _, s = scipy.signal.spectrogram(x, FS, nperseg=512, noverlap=353)
-    s = np.log(s + 1e-7)
-    specs.append((s - s.mean()) / (s.std() + 1e-9))
-  with torch.no_grad():
-    return torch.softmax(model(torch.from_numpy(np.stack(specs)[:, None]).float()), dim=1).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +77,7 @@ def test_long_file_windows_match_the_original_on_each_window(tiny, tmp_path):
   np.testing.assert_allclose(tags.starts, [0.0, 7.5, 15.0])
   np.testing.assert_allclose(tags.ends, [10.0, 17.5, 25.0])
   assert tags.duration == 25.0 and tags.source == str(path)
-  expected = _original_probs(model, [samples[int(s * FS) : int(s * FS) + 10 * FS] for s in tags.starts])
+  expected = torch_reference.original_probs(model, [samples[int(s * FS) : int(s * FS) + 10 * FS] for s in tags.starts])
   np.testing.assert_allclose(tags.window_probs, expected, atol=1e-4)
   np.testing.assert_allclose(tags.probs, expected.mean(axis=0), atol=1e-4)
   np.testing.assert_allclose(tags.max_probs, expected.max(axis=0), atol=1e-4)

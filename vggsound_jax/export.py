@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ REPLACED_SUFFIX = ".replaced"
 _TELEMETRY_OFF_ENV = ("CI", "true")
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def import_openvino() -> Any:
   """The openvino module, imported with its usage telemetry off.
 
@@ -65,20 +69,23 @@ def import_openvino() -> Any:
   and a fork of a process that may run JAX (which warns of deadlocks). The telemetry decides
   once, on import, and declines in CI jobs: hence the variable, set for the import only.
   """
-  if "openvino" in sys.modules:
-    return sys.modules["openvino"]
-  name, value = _TELEMETRY_OFF_ENV
-  saved = os.environ.get(name)
-  os.environ[name] = value
-  try:
-    import openvino  # noqa: PLC0415
+  # Under a lock: a thread must not take the module from sys.modules while another is still
+  # importing it (half initialised), nor see the environment variable come and go.
+  with _IMPORT_LOCK:
+    if "openvino" in sys.modules:
+      return sys.modules["openvino"]
+    name, value = _TELEMETRY_OFF_ENV
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+      import openvino  # noqa: PLC0415
 
-    return openvino
-  finally:
-    if saved is None:
-      del os.environ[name]
-    else:
-      os.environ[name] = saved
+      return openvino
+    finally:
+      if saved is None:
+        del os.environ[name]
+      else:
+        os.environ[name] = saved
 
 
 class ExportError(PathError):
@@ -155,24 +162,8 @@ def _sibling(directory: Path, suffix: str) -> Path:
   return directory.with_name(f".{directory.name}{suffix}.{uuid.uuid4().hex[:12]}")
 
 
-def _place(saving: Path, directory: Path) -> None:
-  """Renames the finished `saving` to `directory`, replacing what check_target allowed."""
-  if directory.exists():
-    if any(directory.iterdir()):
-      replaced = _sibling(directory, REPLACED_SUFFIX)
-      os.rename(directory, replaced)
-      os.rename(saving, directory)
-      shutil.rmtree(replaced)
-    else:
-      os.rmdir(directory)
-      os.rename(saving, directory)
-  else:
-    os.rename(saving, directory)
-  manifest.fsync_directory(directory.parent)
-
-
 def _place_in_cache(saving: Path, directory: Path) -> None:
-  """Like _place, for a cache entry that concurrent runs may write at once: a complete entry
+  """Like manifest.place, for a cache entry that concurrent runs may write at once: a complete entry
   already there (another run's, of the same content) stays, and is never removed while another
   run may be reading it; a damaged one is replaced."""
   if directory.exists():
@@ -234,11 +225,11 @@ def write_export(
     saving.mkdir()
     ov.save_model(graph, saving / GRAPH_FILE, compress_to_fp16=False)
     (saving / METADATA_FILE).write_text(json.dumps(exported, indent=1) + "\n", encoding="utf-8")
-    with open(saving / MANIFEST, "w", encoding="utf-8") as f:
-      f.writelines(manifest.manifest_lines(saving))
-      f.flush()
-      os.fsync(f.fileno())
-    (_place_in_cache if cache else _place)(saving, output)
+    manifest.write_manifest(saving)
+    if cache:
+      _place_in_cache(saving, output)
+    else:
+      manifest.place(saving, output, _sibling(output, REPLACED_SUFFIX))
   except OSError as e:
     raise ExportError(output, f"cannot write the exported model ({e.strerror or e})") from None
   finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,6 +118,23 @@ def check_target(
     if foreign:
       raise error(directory / foreign[0], f"was not written by vggsound-jax (refusing to replace its {what})")
   return directory
+
+
+def place(saving: Path, directory: Path, replaced: Path) -> None:
+  """Renames the finished scratch directory `saving` to `directory`. What is there (empty, or
+  what `check_target` allowed) is first moved aside to `replaced` and removed once the new
+  one is in place, so a crash between the renames leaves the old one at `replaced`."""
+  if directory.exists():
+    if any(directory.iterdir()):
+      os.rename(directory, replaced)
+      os.rename(saving, directory)
+      shutil.rmtree(replaced)
+    else:
+      os.rmdir(directory)
+      os.rename(saving, directory)
+  else:
+    os.rename(saving, directory)
+  fsync_directory(directory.parent)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -216,18 +216,8 @@ def save_model(
       _remove_scratch(saving)
     raise
   if primary:
-    if directory.exists():  # checked above: empty, or a model directory this project wrote
-      if any(directory.iterdir()):
-        replaced = _scratch(directory, REPLACED_SUFFIX)
-        os.rename(directory, replaced)
-        os.rename(saving, directory)
-        shutil.rmtree(replaced)
-      else:
-        os.rmdir(directory)
-        os.rename(saving, directory)
-    else:
-      os.rename(saving, directory)
-    manifest.fsync_directory(directory.parent)
+    # The fixed `.NAME.replaced` is where _recover_interrupted_replace looks after a crash.
+    manifest.place(saving, directory, _scratch(directory, REPLACED_SUFFIX))
   _sync("vggsound_jax.save_model.done")
   return directory
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import numpy as np
+import scipy.signal
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -210,3 +212,16 @@ def load_release_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
   """Loads a release-style state dict (keys `audnet.*`) into `build_torch_model`'s model."""
   model.load_state_dict(state_dict)
   return model
+
+
+def original_probs(model: nn.Module, clips: list[np.ndarray]) -> np.ndarray:
+  """The original pipeline on int16 clips at 16 kHz: tile to 10 s, scale and clip to [-1, 1],
+  scipy spectrogram, log, standardise, then `model` and a softmax. (N, C) float32."""
+  specs = []
+  for samples in clips:
+    x = np.clip(np.tile(samples, 10)[:160000] / 32768.0, -1.0, 1.0)
+    _, _, s = scipy.signal.spectrogram(x, 16000, nperseg=512, noverlap=353)
+    s = np.log(s + 1e-7)
+    specs.append((s - s.mean()) / (s.std() + 1e-9))
+  with torch.no_grad():
+    return torch.softmax(model(torch.from_numpy(np.stack(specs)[:, None]).float()), dim=1).numpy()
