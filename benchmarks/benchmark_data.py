@@ -33,7 +33,7 @@ def _write_fixtures(manual_dir: Path, num_clips: int, fmt: str) -> None:
   import numpy as np  # noqa: PLC0415
   import soundfile as sf  # noqa: PLC0415
 
-  from vggsound_jax.audio import CLIP_SECONDS, SAMPLE_RATE  # noqa: PLC0415
+  from vggsound_jax.audio.decode import CLIP_SECONDS, SAMPLE_RATE  # noqa: PLC0415
   from vggsound_jax.labels import class_names  # noqa: PLC0415
 
   names = class_names()

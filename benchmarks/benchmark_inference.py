@@ -106,9 +106,9 @@ def bench_model(cfg, rows):
   import torch
   from flax import nnx
 
-  from vggsound_jax.export import OPENVINO_PRECISIONS, build_graph, import_openvino
-  from vggsound_jax.pytorch_conversion import flax_model_from_state_dict
-  from vggsound_jax.spectrogram import log_spectrogram
+  from vggsound_jax.audio.spectrogram import log_spectrogram
+  from vggsound_jax.conversion.resnet import flax_model_from_state_dict
+  from vggsound_jax.serving.export import OPENVINO_PRECISIONS, build_graph, import_openvino
   from vggsound_jax.testing import torch_reference
 
   core = import_openvino().Core()
@@ -178,7 +178,7 @@ def bench_frontend(cfg, rows):
   import jax
   import scipy.signal
 
-  from vggsound_jax.spectrogram import log_spectrogram
+  from vggsound_jax.audio.spectrogram import log_spectrogram
 
   batch = cfg["frontend_batch"]
   audio = _audio_batch(batch, cfg["clip"])
@@ -201,9 +201,9 @@ STARTUP = """
 import sys, time
 start = time.time()
 import numpy as np
-from vggsound_jax import runtime
+from vggsound_jax.serving import backends as runtime
 if sys.argv[2] == "jax":  # as vggsound-predict does
-    from vggsound_jax.inference import enable_compilation_cache
+    from vggsound_jax.compilation_cache import enable_compilation_cache
     enable_compilation_cache()
 imported = time.time()
 classifier, _ = runtime.load_classifier(sys.argv[1], backend=sys.argv[2], batch_size=8)

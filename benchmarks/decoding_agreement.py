@@ -4,7 +4,7 @@
 
 Writes short sources with the ffmpeg command line (PCM wav of several sample types, rates and
 layouts, FLAC, MP3, AAC, Opus, Vorbis), converts each with `ffmpeg -acodec pcm_s16le -ac 1 -ar
-16000` and with `vggsound_jax.audio.decode_audio`, and prints the fraction of identical samples
+16000` and with `vggsound_jax.audio.decode.decode_audio`, and prints the fraction of identical samples
 and the largest difference, next to those of PyAV's resampler with its default settings (what
 this project did before, docs/decoding.md). Then times both ways on one wav. A benchmark, not a
 test; needs `ffmpeg` on PATH.
@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 from absl import app, flags
 
-from vggsound_jax.audio import SAMPLE_RATE, decode_audio
+from vggsound_jax.audio.decode import SAMPLE_RATE, decode_audio
 
 _SECONDS = flags.DEFINE_float("seconds", 3.0, "Length of each source.", lower_bound=0.1)
 _TIMING_REPEATS = flags.DEFINE_integer("timing_repeats", 20, "Timed runs of each way.", lower_bound=1)

@@ -2,7 +2,7 @@
 
   python converters/pytorch_to_flax.py --input vggsound_netvlad.pth.tar --output models/I
 
-The conversion itself is `vggsound_jax.pytorch_conversion`.
+The conversion itself is `vggsound_jax.conversion.resnet`.
 """
 
 from vggsound_jax.cli.convert import run

@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from vggsound_jax.inference import CACHE_MAX_BYTES
+from vggsound_jax.compilation_cache import CACHE_MAX_BYTES
 
 NUM_CPU_DEVICES = 4  # several, as on a multi-GPU host; few, as compiling for each costs CI time
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from vggsound_jax import audio
+from vggsound_jax.audio import decode as audio
 from vggsound_jax.datasets import archives, vggsound
 from vggsound_jax.labels import class_names
 from vggsound_jax.testing.media import write_mp4

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vggsound_jax import audio
-from vggsound_jax.audio import CLIP_SAMPLES, AudioDecodeError, decode_audio, load_clip, to_clip
+from vggsound_jax.audio import decode as audio
+from vggsound_jax.audio.decode import CLIP_SAMPLES, AudioDecodeError, decode_audio, load_clip, to_clip
 from vggsound_jax.testing.media import write_mp4
 
 FS = 16000

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from vggsound_jax.audio import SAMPLE_RATE
+from vggsound_jax.audio.decode import SAMPLE_RATE
 from vggsound_jax.datasets import audioset, vggsound
 from vggsound_jax.labels import NUM_CLASSES, class_index, class_names
 

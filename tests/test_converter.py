@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from vggsound_jax import labels
+from vggsound_jax.conversion import convert
+from vggsound_jax.conversion.resnet import flax_model_from_state_dict
+from vggsound_jax.conversion.torch_pickle import TorchCheckpointError
+from vggsound_jax.errors import ConversionError
 from vggsound_jax.model_dir import ModelCheckpointError, load_model
-from vggsound_jax.pytorch_conversion import ConversionError, convert, flax_model_from_state_dict
 from vggsound_jax.testing import torch_reference
-from vggsound_jax.torch_pickle import TorchCheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
 CONVERTER = REPO / "converters" / "pytorch_to_flax.py"

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from vggsound_jax.audio import SAMPLE_RATE
+from vggsound_jax.audio.decode import SAMPLE_RATE
 from vggsound_jax.datasets import synthetic, vggsound
 from vggsound_jax.errors import PathError
 from vggsound_jax.labels import class_names

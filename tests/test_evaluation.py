@@ -9,8 +9,7 @@ import pytest
 import sklearn.metrics
 
 from vggsound_jax import evaluation, input_pipeline, sharding
-from vggsound_jax.inference import forward
-from vggsound_jax.models import ModelConfig, build_model, split_model
+from vggsound_jax.models import ModelConfig, build_model, forward, split_model
 
 NUM_CLASSES = 5
 NAMES = tuple(f"sound {i}" for i in range(NUM_CLASSES))

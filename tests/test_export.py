@@ -1,4 +1,4 @@
-"""The exported OpenVINO graph and the runtime's backends, against JAX (`inference.forward`) as the reference."""
+"""The exported OpenVINO graph and the runtime's backends, against JAX (`models.forward`) as the reference."""
 
 import subprocess
 import sys
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vggsound_jax import export, inference, runtime
 from vggsound_jax.model_dir import save_model
-from vggsound_jax.models import ModelConfig
+from vggsound_jax.models import ModelConfig, forward
+from vggsound_jax.serving import backends as runtime
+from vggsound_jax.serving import export
 from vggsound_jax.testing.random_model import random_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
@@ -53,7 +54,7 @@ def saved(tmp_path_factory):
   for name, config in CONFIGS.items():
     model = _model(config)
     directory = save_model(tmp_path_factory.mktemp("models") / name, model, class_names=NAMES)
-    out[name] = (directory, tuple(np.asarray(x) for x in jax.jit(inference.forward)(model, CLIPS)))
+    out[name] = (directory, tuple(np.asarray(x) for x in jax.jit(forward)(model, CLIPS)))
   return out
 
 
@@ -190,7 +191,7 @@ def test_vggish_falls_back_to_jax(tmp_path, capsys):
   classifier, _ = runtime.load_classifier(directory, batch_size=2, num_samples=16000)
   assert classifier.backend == "jax"
   assert "note: running on JAX instead of OpenVINO" in capsys.readouterr().err
-  np.testing.assert_allclose(classifier(clips)[0], np.asarray(jax.jit(inference.forward)(model, clips)[0]), atol=1e-6)
+  np.testing.assert_allclose(classifier(clips)[0], np.asarray(jax.jit(forward)(model, clips)[0]), atol=1e-6)
   with pytest.raises(runtime.BackendError, match="vggish model cannot be exported"):
     runtime.load_classifier(directory, backend="openvino", num_samples=16000)
   with pytest.raises(export.UnsupportedExportError):
@@ -204,7 +205,7 @@ def test_exported_model_runs_without_jax_tensorflow_or_telemetry(saved, tmp_path
     "import os, sys, numpy as np\n"
     "forks = []\n"
     "os.register_at_fork(before=lambda: forks.append(1))\n"
-    "from vggsound_jax.runtime import load_classifier\n"
+    "from vggsound_jax.serving.backends import load_classifier\n"
     f"c, m = load_classifier({str(tmp_path / 'exported')!r}, batch_size=2, num_samples={NUM_SAMPLES})\n"
     f"probs, _ = c(np.zeros((1, {NUM_SAMPLES}), np.int16))\n"
     "assert probs.shape == (1, 5), probs.shape\n"

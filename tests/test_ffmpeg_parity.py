@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vggsound_jax.audio import AudioDecodeError, convert_waveform, decode_audio, stream_audio
+from vggsound_jax.audio.decode import AudioDecodeError, convert_waveform, decode_audio, stream_audio
 
 RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000)
 WAV_SUBTYPES = ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vggsound_jax import input_pipeline
-from vggsound_jax.audio import to_clip
+from vggsound_jax.audio.decode import to_clip
 from vggsound_jax.errors import ConfigError
 
 NUM_SAMPLES = 1600  # short clips keep the tests fast; tiling is the same at any length

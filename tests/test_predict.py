@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from vggsound_jax import labels
-from vggsound_jax.pytorch_conversion import convert
+from vggsound_jax.conversion import convert
 from vggsound_jax.testing import torch_reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -249,7 +249,7 @@ def test_output_path_is_checked_before_any_work(tmp_path):
 KILL_AT = 3
 _KILLED_RUN = """
 import os, signal, sys
-from vggsound_jax import inference
+from vggsound_jax.serving import inference
 calls = []
 original = inference.Classifier.__call__
 def call_or_die(self, audio):

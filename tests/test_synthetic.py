@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from vggsound_jax import input_pipeline
-from vggsound_jax.audio import SAMPLE_RATE
+from vggsound_jax.audio.decode import SAMPLE_RATE
 from vggsound_jax.datasets import synthetic
 
 

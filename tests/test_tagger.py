@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vggsound_jax import Tagger, audio, tagger
-from vggsound_jax.pytorch_conversion import convert
+from vggsound_jax import Tagger
+from vggsound_jax.audio import decode as audio
+from vggsound_jax.conversion import convert
+from vggsound_jax.serving import tagger
 from vggsound_jax.testing import torch_reference
 
 FS = 16000

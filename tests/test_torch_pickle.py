@@ -1,4 +1,4 @@
-"""vggsound_jax.torch_pickle: files written by torch.save, in both formats, read back without
+"""vggsound_jax.conversion.torch_pickle: files written by torch.save, in both formats, read back without
 torch as numpy, equal to what torch itself loads; anything that could run code is refused."""
 
 import collections
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from vggsound_jax import torch_pickle
-from vggsound_jax.torch_pickle import TorchCheckpointError, load_torch_checkpoint
+from vggsound_jax.conversion import torch_pickle
+from vggsound_jax.conversion.torch_pickle import TorchCheckpointError, load_torch_checkpoint
 
 FORMATS = pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
 

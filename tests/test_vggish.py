@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vggsound_jax import vggish_conversion
-from vggsound_jax.inference import Classifier, forward
+from vggsound_jax.conversion import vggish as vggish_conversion
 from vggsound_jax.model_dir import load_model, save_model
-from vggsound_jax.models import ModelConfig, VGGish, build_model, frontend, split_model
+from vggsound_jax.models import ModelConfig, VGGish, build_model, forward, frontend, split_model
+from vggsound_jax.serving.inference import Classifier
 from vggsound_jax.testing.random_model import random_model
 from vggsound_jax.testing.torchvggish_reference import embed, random_vggish
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vggsound_jax import vggish_conversion
 from vggsound_jax.cli import convert as convert_cli
+from vggsound_jax.conversion import vggish as vggish_conversion
+from vggsound_jax.errors import ConversionError
 from vggsound_jax.model_dir import load_model
 from vggsound_jax.models import VGGish
 from vggsound_jax.testing.torchvggish_reference import embed, import_torchvggish, random_vggish
@@ -115,7 +116,7 @@ def test_tf_checkpoint_names_what_is_missing_or_extra(tmp_path):
   variables["vggish/fc3/weights"] = np.zeros((2, 2), np.float32)
   checkpoint = _write_tf_checkpoint(tmp_path / "bad.ckpt", variables, "V2")
   with pytest.raises(
-    vggish_conversion.ConversionError,
+    ConversionError,
     match=r"bad\.ckpt: .*missing: vggish/fc1/fc1_2/biases.*"
     r"unexpected: vggish/fc3/weights",
   ):

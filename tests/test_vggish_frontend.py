@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from vggsound_jax import vggish_frontend
-from vggsound_jax.audio import CLIP_SAMPLES, SAMPLE_RATE
+from vggsound_jax.audio import vggish_frontend
+from vggsound_jax.audio.decode import CLIP_SAMPLES, SAMPLE_RATE
 from vggsound_jax.testing.torchvggish_reference import import_torchvggish
 
 vggish_input = import_torchvggish().vggish_input

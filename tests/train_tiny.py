@@ -12,7 +12,7 @@ import sys
 from tiny import tiny_config, tiny_data
 
 from vggsound_jax import input_pipeline, trainer
-from vggsound_jax.inference import enable_compilation_cache
+from vggsound_jax.compilation_cache import enable_compilation_cache
 
 
 class KillAtBatch:

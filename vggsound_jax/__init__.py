@@ -1,6 +1,6 @@
 """JAX/Flax reimplementation of the VGGSound audio classifier.
 
-`vggsound_jax.Tagger` tags audio files and waveforms (vggsound_jax/tagger.py).
+`vggsound_jax.Tagger` tags audio files and waveforms (vggsound_jax/serving/tagger.py).
 """
 
 from typing import Any
@@ -9,7 +9,7 @@ from typing import Any
 def __getattr__(name: str) -> Any:
   # Lazily, so that `import vggsound_jax.labels` (and every command's --help) stays light.
   if name == "Tagger":
-    from vggsound_jax.tagger import Tagger  # noqa: PLC0415
+    from vggsound_jax.serving.tagger import Tagger  # noqa: PLC0415
 
     return Tagger
   raise AttributeError(f"module 'vggsound_jax' has no attribute {name!r}")

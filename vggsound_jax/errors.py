@@ -27,3 +27,7 @@ class ConfigError(UserError, ValueError):
   def __init__(self, field: str, problem: str) -> None:
     self.field = field
     super().__init__(f"config.{field}: {problem}")
+
+
+class ConversionError(PathError):
+  """A checkpoint that cannot be converted (either converter: ResNet or VGGish)."""

@@ -38,9 +38,8 @@ from vggsound_jax import checkpoints, default_config, distributed, input_pipelin
 from vggsound_jax import metrics as metrics_lib
 from vggsound_jax import sharding as sharding_lib
 from vggsound_jax import vggsounder as vggsounder_lib
-from vggsound_jax.inference import forward
 from vggsound_jax.model_dir import load_model
-from vggsound_jax.models import ModelConfig, ModelState, graphdefs, merge_model, split_model
+from vggsound_jax.models import ModelConfig, ModelState, forward, graphdefs, merge_model, split_model
 
 # Batch entries that go to the device; anything else (e.g. clip_id strings) stays on the host.
 _DEVICE_KEYS = ("audio", "label", "mask", "index")

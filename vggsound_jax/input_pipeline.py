@@ -9,7 +9,7 @@ and whatever the number of loader workers, and a run resumes from a step number 
 iterator state is saved.
 
 Training: a new shuffle every epoch, the waveform tiled to 10 s exactly as
-`vggsound_jax.audio.to_clip` (docs/original_pipeline.md#front-end), then optionally a random
+`vggsound_jax.audio.decode.to_clip` (docs/original_pipeline.md#front-end), then optionally a random
 crop. Evaluation: one pass in order, the last global batch padded and marked with `mask`.
 
 `source` may be any random-access sequence of dicts with "audio" (1-D int16) and "label".
@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from vggsound_jax import distributed
-from vggsound_jax.audio import CLIP_SAMPLES, to_clip
+from vggsound_jax.audio.decode import CLIP_SAMPLES, to_clip
 from vggsound_jax.datasets import audioset as audioset_builder
 from vggsound_jax.datasets import vggsound as vggsound_builder
 from vggsound_jax.errors import ConfigError

@@ -40,7 +40,7 @@ from flax import nnx, traverse_util
 
 from vggsound_jax import manifest
 from vggsound_jax.errors import PathError
-from vggsound_jax.models import ModelConfig, ResNet, abstract_model_state, graphdefs, merge_model, split_model
+from vggsound_jax.models import ModelConfig, Network, abstract_model_state, graphdefs, merge_model, split_model
 
 # /3: with the SHA256SUMS manifest; /2: state split into params and batch_stats.
 MODEL_FORMAT = "vggsound_jax.model/3"
@@ -162,7 +162,7 @@ def _sync(name: str) -> None:
 
 def save_model(
   directory: str | os.PathLike,
-  model: ResNet,
+  model: Network,
   *,
   class_names: Sequence[str],
   source: dict[str, Any] | None = None,
@@ -252,7 +252,7 @@ def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
   return metadata
 
 
-def load_model(directory: str | os.PathLike, *, dtype: str | None = None) -> tuple[ResNet, dict[str, Any]]:
+def load_model(directory: str | os.PathLike, *, dtype: str | None = None) -> tuple[Network, dict[str, Any]]:
   """Loads a model directory written by `save_model`: (model in eval mode, metadata).
 
   `dtype` overrides the compute dtype ('float32', 'bfloat16'); parameters stay float32.

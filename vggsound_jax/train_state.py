@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from vggsound_jax import augment as augment_lib
 from vggsound_jax import sharding as sharding_lib
 from vggsound_jax.errors import ConfigError
-from vggsound_jax.models import GraphDefs, ModelConfig, ResNet, build_model, frontend, merge_model, split_model
+from vggsound_jax.models import GraphDefs, ModelConfig, Network, build_model, frontend, merge_model, split_model
 
 TrainState = dict  # {"step", "model": {"params", "batch_stats"}, "opt_state", "rng", "first_nonfinite_step"}
 NONFINITE_POLICIES = ("stop", "skip")
@@ -95,7 +95,7 @@ def make_train_step(
 
     model = merge_model(graphs.train, state["model"])
 
-    def loss_fn(model: ResNet) -> tuple[jax.Array, jax.Array]:
+    def loss_fn(model: Network) -> tuple[jax.Array, jax.Array]:
       logits = model(inputs)
       if sigmoid_loss:
         return optax.sigmoid_binary_cross_entropy(logits, targets).sum(axis=-1).mean(), logits

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
   # Imported here so that --help stays fast.
   from vggsound_jax.cli.common import quiet_library_logs  # noqa: PLC0415
-  from vggsound_jax.pytorch_conversion import convert  # noqa: PLC0415
+  from vggsound_jax.conversion import convert  # noqa: PLC0415
 
   quiet_library_logs(verbose=args.verbosity is not None)
   if args.verbosity is not None:

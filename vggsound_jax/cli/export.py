@@ -1,4 +1,4 @@
-"""vggsound-export: a model directory -> an OpenVINO graph for fast CPU inference (vggsound_jax/export.py).
+"""vggsound-export: a model directory -> an OpenVINO graph for fast CPU inference (vggsound_jax/serving/export.py).
 
   vggsound-export --checkpoint models/H --output models/H.openvino [--precision fp32|bf16] [--num_samples 160000]
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from vggsound_jax import export
-from vggsound_jax.audio import CLIP_SAMPLES
+from vggsound_jax.audio.decode import CLIP_SAMPLES
 from vggsound_jax.cli import common
+from vggsound_jax.serving import export
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (vggsound-convert or training output).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to create with the exported model.")

@@ -24,7 +24,7 @@ _TIMEOUT = flags.DEFINE_integer(
 def start() -> None:
   """Joins a multi-process run if asked, and caches compiled programs on disk."""
   from vggsound_jax import distributed  # noqa: PLC0415 - keeps --help fast
-  from vggsound_jax.inference import enable_compilation_cache  # noqa: PLC0415
+  from vggsound_jax.compilation_cache import enable_compilation_cache  # noqa: PLC0415
 
   local = [int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None
   distributed.initialize(

@@ -5,8 +5,8 @@
 
 Prints the top-k classes of every file: of its one window for a clip of up to 10 s (exactly the
 original's prediction), or of the mean over its windows for a longer recording, with each
-window's top class. Windows and summaries: vggsound_jax/tagger.py; results files:
-vggsound_jax/results.py. A file that cannot be read (or whose outputs are not finite) is
+window's top class. Windows and summaries: vggsound_jax/serving/tagger.py; results files:
+vggsound_jax/serving/prediction_files.py. A file that cannot be read (or whose outputs are not finite) is
 reported with the reason and skipped; the others are still tagged, and the exit code is 1 if
 any failed. Any file name works, also one that is not valid UTF-8.
 
@@ -26,8 +26,8 @@ from absl import app, flags
 from vggsound_jax.cli import common
 
 if TYPE_CHECKING:
-  from vggsound_jax.results import _Arrays, _Rows
-  from vggsound_jax.tagger import Tags
+  from vggsound_jax.serving.prediction_files import _Arrays, _Rows
+  from vggsound_jax.serving.tagger import Tags
 
 _CHECKPOINT = flags.DEFINE_string(
   "checkpoint", None, "Model directory (converter or training output), or an exported model (vggsound-export)."
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
   _console_safe()
   writer = None
   if _OUTPUT.value:
-    from vggsound_jax.results import open_output  # noqa: PLC0415 - imports numpy: keep --help fast
+    from vggsound_jax.serving.prediction_files import open_output  # noqa: PLC0415 - imports numpy: keep --help fast
 
     writer = open_output(_OUTPUT.value, _TOP_K.value)
   try:
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
 
 def _tag(files: Sequence[str], writer: _Rows | _Arrays | None) -> int:
   """Tags `files`, printing and writing as it goes; returns how many failed."""
-  from vggsound_jax.tagger import Tagger  # noqa: PLC0415 - keeps --help fast
+  from vggsound_jax.serving.tagger import Tagger  # noqa: PLC0415 - keeps --help fast
 
   tagger = Tagger(
     _CHECKPOINT.value,
@@ -117,7 +117,7 @@ def _tag(files: Sequence[str], writer: _Rows | _Arrays | None) -> int:
     decode_threads=_DECODE_THREADS.value,
   )
   if tagger.backend == "jax":  # JAX compiles on the first call; the other backends never import it
-    from vggsound_jax.inference import enable_compilation_cache  # noqa: PLC0415
+    from vggsound_jax.compilation_cache import enable_compilation_cache  # noqa: PLC0415
 
     enable_compilation_cache()
   if writer is not None:

@@ -3,7 +3,7 @@
 A gzip stream has no index: the only way to a member is to decompress everything before it. So
 an archive is read in one front-to-back pass, as a stream (`tarfile` mode 'r|'), by one worker
 process, and the members that are wanted are decoded from memory
-(`vggsound_jax.audio.decode_audio_bytes`); nothing is extracted to disk. Listing an archive
+(`vggsound_jax.audio.decode.decode_audio_bytes`); nothing is extracted to disk. Listing an archive
 (member names only) is the same pass without decoding.
 
 Damage costs only what it damages:
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vggsound_jax import audio as audio_lib
+from vggsound_jax.audio import decode as audio_lib
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 # tarfile's stream buffer; the default (10 KiB) costs a Python call per 10 KiB of a 17 GB archive.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from vggsound_jax.audio import SAMPLE_RATE
+from vggsound_jax.audio.decode import SAMPLE_RATE
 
 # Clip lengths vary so that the pipeline's tiling to 10 s is exercised.
 MIN_SECONDS = 2.0

@@ -67,8 +67,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tqdm import tqdm
 
-from vggsound_jax import audio as audio_lib
 from vggsound_jax import labels
+from vggsound_jax.audio import decode as audio_lib
 from vggsound_jax.datasets import archives as archives_lib
 from vggsound_jax.datasets import synthetic
 from vggsound_jax.datasets.archives import ArchiveMember

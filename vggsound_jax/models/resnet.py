@@ -8,81 +8,19 @@ converter maps the released weights one to one.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vggsound_jax.labels import NUM_CLASSES
+from vggsound_jax.models.config import DEPTHS, STAGE_STRIDES, STAGE_WIDTHS, ModelConfig
 from vggsound_jax.models.netvlad import NetVLAD
-from vggsound_jax.models.vggish import EMBEDDING_SIZE, VGGish
-from vggsound_jax.spectrogram import log_spectrogram
-from vggsound_jax.vggish_frontend import log_mel_patches
 
-STAGE_WIDTHS = (1, 2, 4, 8)  # times the base width: 64, 128, 256, 512
-STAGE_STRIDES = (1, 2, 2, 2)
-DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
-EXPANSION = {"basic": 1, "bottleneck": 4}
 # PyTorch BatchNorm: eps 1e-5, running = 0.9 * running + 0.1 * batch.
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
 # torchvision's ResNet init: kaiming normal, fan_out, for a ReLU network.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-ARCHS = ("resnet", "vggish")
-OUTPUTS = ("softmax", "sigmoid")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """What a model directory stores to rebuild its network. The defaults of the fields added
-  after the ResNet ones (arch and below) keep every earlier directory loading as it was."""
-
-  depth: Literal[18, 34, 50] = 18  # ResNet only
-  head: Literal["avgpool", "vlad"] = "avgpool"  # ResNet only
-  num_classes: int = NUM_CLASSES
-  width: int = 64  # base channels; the paper's is 64 (ResNet and VGGish), tests use a few
-  num_clusters: int = 16  # NetVLAD head only
-  dtype: str = "float32"  # compute dtype; parameters are always float32
-  arch: Literal["resnet", "vggish"] = "resnet"  # vggish: rows A-C (models/vggish.py)
-  # softmax: one class per clip (VGGSound); sigmoid: independent classes (multi-label AudioSet,
-  # row A). Inference reports these probabilities and training uses the matching cross-entropy.
-  output: Literal["softmax", "sigmoid"] = "softmax"
-  fc_width: int = 4096  # VGGish only: its two hidden fully connected layers; tests use a few
-  embedding_relu: bool = True  # VGGish only: ReLU on the 128-d embedding, as released until 2020
-  patch_aggregation: Literal["mean", "max"] = "mean"  # VGGish only: pooling of a clip's patch embeddings
-
-  def __post_init__(self) -> None:
-    if self.arch not in ARCHS:
-      raise ValueError(f"unknown arch {self.arch!r}: expected one of {', '.join(ARCHS)}")
-    if self.output not in OUTPUTS:
-      raise ValueError(f"unknown output {self.output!r}: expected one of {', '.join(OUTPUTS)}")
-
-  @classmethod
-  def from_config(cls, model: Mapping[str, Any], num_classes: int) -> ModelConfig:
-    """From an experiment config's `model` fields and the data's number of classes."""
-    later_fields = ("arch", "output", "fc_width", "embedding_relu", "patch_aggregation")
-    return cls(
-      depth=model["depth"],
-      head=model["head"],
-      num_classes=num_classes,
-      width=model["width"],
-      num_clusters=model["num_clusters"],
-      dtype=model["dtype"],
-      **{name: model.get(name, getattr(cls, name)) for name in later_fields},
-    )
-
-  @property
-  def embedding_dim(self) -> int:
-    if self.arch == "vggish":
-      return EMBEDDING_SIZE
-    channels = STAGE_WIDTHS[-1] * self.width * EXPANSION[DEPTHS[self.depth][0]]
-    return channels * self.num_clusters if self.head == "vlad" else channels
 
 
 def _conv(
@@ -206,21 +144,3 @@ class ResNet(nnx.Module):
     if return_embedding:
       return logits, embedding.astype(jnp.float32)
     return logits
-
-
-def build_model(config: ModelConfig, seed: int = 0) -> ResNet | VGGish:
-  """The network `config.arch` names, with random parameters drawn from `seed`."""
-  if config.arch == "vggish":
-    return VGGish(config, rngs=nnx.Rngs(seed))
-  return ResNet(config, rngs=nnx.Rngs(seed))
-
-
-def _resnet_input(audio: jax.Array) -> jax.Array:
-  return log_spectrogram(audio)[..., None]
-
-
-def frontend(config: ModelConfig) -> Callable[[jax.Array], jax.Array]:
-  """The function from a batch of int16 waveforms (N, T) to the model's float32 input, run on
-  the device inside the jitted steps: (N, 257, frames, 1) standardised log-spectrograms for a
-  ResNet (spectrogram.py), (N, patches, 96, 64, 1) log-mel patches for VGGish (vggish_frontend.py)."""
-  return log_mel_patches if config.arch == "vggish" else _resnet_input

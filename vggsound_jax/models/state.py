@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 from flax import nnx
 
-from vggsound_jax.models.resnet import ModelConfig, ResNet, build_model
+from vggsound_jax.models.config import ModelConfig
+from vggsound_jax.models.factory import Network, build_model
 
 ModelState = dict  # {"params": nnx.State, "batch_stats": nnx.State}
 
@@ -22,7 +23,7 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, ModelState]:
   return graphdef, {"params": params, "batch_stats": batch_stats}
 
 
-def merge_model(graphdef: nnx.GraphDef, state: ModelState) -> ResNet:
+def merge_model(graphdef: nnx.GraphDef, state: ModelState) -> Network:
   return nnx.merge(graphdef, state["params"], state["batch_stats"])
 
 

@@ -19,16 +19,12 @@ model, whose outputs are its embeddings.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vggsound_jax.vggish_frontend import NUM_MEL_BANDS, PATCH_FRAMES
-
-if TYPE_CHECKING:
-  from vggsound_jax.models.resnet import ModelConfig
+from vggsound_jax.audio.vggish_frontend import NUM_MEL_BANDS, PATCH_FRAMES
+from vggsound_jax.models.config import VGGISH_EMBEDDING_SIZE, ModelConfig
 
 # (name, channels as a multiple of the config's width, max-pool after it); width 64 is VGGish's.
 CONV_LAYERS = (
@@ -41,7 +37,7 @@ CONV_LAYERS = (
 )
 HIDDEN_LAYERS = ("fc1_1", "fc1_2")
 EMBEDDING_LAYER = "fc2"
-EMBEDDING_SIZE = 128
+EMBEDDING_SIZE = VGGISH_EMBEDDING_SIZE
 NUM_POOLS = sum(pool for _, _, pool in CONV_LAYERS)
 # Spatial size of the last feature map: 96 x 64 halved four times is 6 x 4.
 FINAL_HEIGHT = PATCH_FRAMES >> NUM_POOLS

@@ -7,7 +7,7 @@ import os
 import av
 import numpy as np
 
-from vggsound_jax.audio import SAMPLE_RATE
+from vggsound_jax.audio.decode import SAMPLE_RATE
 
 
 def write_mp4(path: str | os.PathLike, samples: np.ndarray, fs: int = SAMPLE_RATE) -> None:

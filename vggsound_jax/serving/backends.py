@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from vggsound_jax import export
-from vggsound_jax.audio import CLIP_SAMPLES
+from vggsound_jax.audio.decode import CLIP_SAMPLES
 from vggsound_jax.errors import UserError
+from vggsound_jax.serving import export
 
 BACKENDS = ("auto", "jax", "openvino")
-# Environment variables: the JAX compilation cache's (inference.enable_compilation_cache), whose
+# Environment variables: the JAX compilation cache's (compilation_cache.enable_compilation_cache), whose
 # `exported` subdirectory then holds the exports too, and JAX's choice of platforms.
 CACHE_ENV = "VGGSOUND_JAX_CACHE"
 JAX_PLATFORMS_ENV = "JAX_PLATFORMS"
@@ -136,7 +136,7 @@ class JaxClassifier:
   backend = "jax"
 
   def __init__(self, model: Any, *, batch_size: int, num_samples: int) -> None:
-    from vggsound_jax.inference import Classifier  # noqa: PLC0415
+    from vggsound_jax.serving.inference import Classifier  # noqa: PLC0415
 
     self.batch_size = batch_size
     self.num_samples = num_samples

@@ -4,7 +4,7 @@ The original converts every file with Debian's `ffmpeg -acodec pcm_s16le -ac 1 -
 and then tiles the waveform to 10 s (docs/original_pipeline.md#front-end). Here, 16 kHz mono
 16-bit wav/flac files are read as they are with soundfile; everything else goes through PyAV with
 the stream choice, channel layout and libswresample working precision of that ffmpeg
-(`vggsound_jax.ffmpeg_compat`), which gives the same samples for PCM sources and the same up to
+(`vggsound_jax.audio.ffmpeg_compat`), which gives the same samples for PCM sources and the same up to
 decoder changes between FFmpeg versions for compressed ones (docs/decoding.md).
 
 Files are decoded as a stream of chunks (`stream_audio`), so that memory stays bounded by the
@@ -29,8 +29,8 @@ import av
 import numpy as np
 import soundfile as sf
 
+from vggsound_jax.audio.ffmpeg_compat import DEFAULT_LAYOUTS, MonoResampler, input_layout, pick_audio_stream
 from vggsound_jax.errors import PathError
-from vggsound_jax.ffmpeg_compat import DEFAULT_LAYOUTS, MonoResampler, input_layout, pick_audio_stream
 
 SAMPLE_RATE = 16_000
 CLIP_SECONDS = 10

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from vggsound_jax import audio
+from vggsound_jax.audio import decode as audio
 from vggsound_jax.errors import PathError
 
 # A tail shorter than this fraction of a window gets no window of its own. A tenth is where the
@@ -170,7 +170,7 @@ class Tagger:
     dtype: str | None = None,
     decode_threads: int | None = None,
   ) -> None:
-    from vggsound_jax import runtime  # noqa: PLC0415 - the backends are heavy: load on use
+    from vggsound_jax.serving import backends as runtime  # noqa: PLC0415 - the backends are heavy: load on use
 
     hop = window if hop is None else hop
     if not window >= MIN_WINDOW_SECONDS:

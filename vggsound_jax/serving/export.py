@@ -1,4 +1,4 @@
-"""Exporting a model directory to an OpenVINO graph, for fast CPU inference (`vggsound_jax.runtime`).
+"""Exporting a model directory to an OpenVINO graph, for fast CPU inference (`vggsound_jax.serving.backends`).
 
   vggsound-export --checkpoint models/H --output models/H.openvino [--precision bf16]
 
@@ -8,7 +8,7 @@ included. It is not traced out of JAX: OpenVINO's JAX front end (2026.4) fails o
 jaxprs and converts no rfft, cumsum or gather, and jax2tf now always emits one XlaCallModule op,
 which OpenVINO cannot convert (docs/performance.md, "The CPU backend"). Building it here needs
 no TensorFlow. JAX stays the reference: tests/test_export.py checks the graph against
-`inference.forward`.
+`models.forward`.
 
 An exported directory holds the graph (`model.xml`, `model.bin`, fp32 weights), `export.json`
 (class names, model config, precision, num_samples, the source model's manifest hash, versions)
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from vggsound_jax import manifest
-from vggsound_jax.audio import CLIP_SAMPLES
+from vggsound_jax.audio.decode import CLIP_SAMPLES
 from vggsound_jax.errors import PathError
 
 EXPORT_FORMAT = "vggsound_jax.export/1"
@@ -271,7 +271,7 @@ def export_model(
 
 
 def check_num_samples(num_samples: int) -> None:
-  from vggsound_jax.spectrogram import NPERSEG  # noqa: PLC0415
+  from vggsound_jax.audio.spectrogram import NPERSEG  # noqa: PLC0415
 
   # The stem and four stride-2 stages need at least one output frame.
   if num_samples < NPERSEG:
@@ -367,7 +367,7 @@ def _frontend(audio: Any, num_samples: int) -> Any:
   """int16 (N, T) -> (N, 1, 257, F) standardised log-spectrogram: spectrogram.py's arithmetic."""
   import openvino.opset13 as ops  # noqa: PLC0415
 
-  from vggsound_jax import spectrogram as sp  # noqa: PLC0415
+  from vggsound_jax.audio import spectrogram as sp  # noqa: PLC0415
 
   starts = np.arange(sp.num_frames(num_samples)) * sp.HOP
   x = ops.convert(audio, "f32")

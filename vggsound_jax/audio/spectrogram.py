@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from vggsound_jax.audio import INT16_SCALE, SAMPLE_RATE
+from vggsound_jax.audio.decode import INT16_SCALE, SAMPLE_RATE
 
 NPERSEG = 512
 NOVERLAP = 353

@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from vggsound_jax.errors import PathError
-from vggsound_jax.tagger import Tags, top_classes
+from vggsound_jax.serving.tagger import Tags, top_classes
 
 PARTIAL_SUFFIX = ".partial"
 # A fixed .npy header length, so that the row count can be rewritten in place after every batch.

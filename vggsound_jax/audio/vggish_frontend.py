@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vggsound_jax.audio import INT16_SCALE, SAMPLE_RATE
+from vggsound_jax.audio.decode import INT16_SCALE, SAMPLE_RATE
 
 FRAME_LENGTH = 400  # samples: 25 ms at 16 kHz
 FRAME_HOP = 160  # samples: 10 ms

@@ -8,7 +8,7 @@ VGGish's weights exist in two forms (docs/original_pipeline.md#vggish-rows-ac), 
   TensorFlow (the `build` extra), imported only on this path; both checkpoint formats work (V1,
   one file, as released; V2, `PREFIX.index` + `PREFIX.data-*`).
 - torchvggish's state dict `vggish-10086976.pth` (`features.{0,3,6,8,11,13}.*`,
-  `embeddings.{0,2,4}.*`), read without PyTorch (`vggsound_jax.torch_pickle`): convolutions
+  `embeddings.{0,2,4}.*`), read without PyTorch (`vggsound_jax.conversion.torch_pickle`): convolutions
   go from (out, in, kh, kw) to (kh, kw, in, out), linear layers from (out, in) to (in, out).
   The port flattens the last feature map after permuting it to (height, width, channel), the
   TF order, so the first fully connected layer needs no reordering of its inputs.
@@ -36,12 +36,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vggsound_jax.errors import PathError
+from vggsound_jax import manifest
+from vggsound_jax.audio.vggish_frontend import log_mel_patches
+from vggsound_jax.conversion.torch_pickle import load_torch_checkpoint
+from vggsound_jax.errors import ConversionError, PathError
 from vggsound_jax.models import ModelConfig, VGGish, build_model
 from vggsound_jax.models.vggish import CONV_LAYERS, EMBEDDING_LAYER, EMBEDDING_SIZE, HIDDEN_LAYERS
-from vggsound_jax.pytorch_conversion import sha256_of
-from vggsound_jax.torch_pickle import load_torch_checkpoint
-from vggsound_jax.vggish_frontend import log_mel_patches
 
 PYTORCH = "pytorch"
 TENSORFLOW = "tensorflow"
@@ -61,10 +61,6 @@ PCA_MEANS = "pca_means"
 QUANTIZE_MIN = -2.0
 QUANTIZE_MAX = 2.0
 QUANTIZE_LEVELS = 255.0
-
-
-class ConversionError(PathError):
-  """A VGGish checkpoint that cannot be converted."""
 
 
 def layer_names() -> tuple[str, ...]:
@@ -238,7 +234,7 @@ def convert(
   directory's metadata. Raises ConversionError, TorchCheckpointError or ModelCheckpointError
   (ValueErrors naming the file and the problem).
   """
-  from vggsound_jax.model_dir import check_target, load_metadata, save_model  # noqa: PLC0415 - Orbax, for writing only
+  from vggsound_jax.model_dir import check_target, load_metadata, save_model
 
   input_path = Path(input_path)
   check_target(output_dir, overwrite=overwrite)
@@ -256,7 +252,12 @@ def convert(
   # A V2 checkpoint is a prefix: its .index holds a checksum of every tensor, so its sha256
   # identifies the weights.
   digest_of = input_path if input_path.is_file() else Path(f"{input_path}.index")
-  source = {"converter": "vggsound-convert", "file": digest_of.name, "format": kind, "sha256": sha256_of(digest_of)}
+  source = {
+    "converter": "vggsound-convert",
+    "file": digest_of.name,
+    "format": kind,
+    "sha256": manifest.sha256(digest_of),
+  }
   directory = save_model(output_dir, model, class_names=[], source=source, overwrite=overwrite)
   return load_metadata(directory)
 

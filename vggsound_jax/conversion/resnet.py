@@ -3,7 +3,7 @@
 The command is `vggsound-convert` (or `python converters/pytorch_to_flax.py`), in
 `vggsound_jax/cli/convert.py`.
 
-Reads the file without PyTorch and without running code from it (vggsound_jax.torch_pickle),
+Reads the file without PyTorch and without running code from it (vggsound_jax.conversion.torch_pickle),
 takes `model_state_dict`, infers depth, head and width from the keys, checks every key and
 shape against the Flax model of that architecture, and writes it with
 `vggsound_jax.model_dir.save_model` (parameters, BatchNorm statistics, architecture, class
@@ -12,7 +12,6 @@ names, source file name and sha256). Every failure is one line on stderr and exi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vggsound_jax.errors import PathError
+from vggsound_jax import manifest
+from vggsound_jax.errors import ConversionError
 
 if TYPE_CHECKING:
   from vggsound_jax.models import ModelConfig, ResNet
@@ -43,10 +43,6 @@ _LEAF_NAMES = {
 # The NetVLAD head: PyTorch calls the layer `avgpool` and its classifier `fc_`.
 _VLAD_MODULE = "avgpool"
 _VLAD_FC = "fc_"
-
-
-class ConversionError(PathError):
-  """A checkpoint that cannot be converted."""
 
 
 def extract_state_dict(checkpoint: Any) -> tuple[dict[str, np.ndarray], str]:
@@ -84,7 +80,7 @@ def extract_state_dict(checkpoint: Any) -> tuple[dict[str, np.ndarray], str]:
 def infer_config(state: Mapping[str, np.ndarray], dtype: str = "float32") -> ModelConfig:
   """The ModelConfig of a prefix-free state dict: depth, head, width, classes, clusters."""
   from vggsound_jax.models import ModelConfig
-  from vggsound_jax.models.resnet import DEPTHS
+  from vggsound_jax.models.config import DEPTHS
 
   if "conv1.weight" not in state:
     raise ValueError("cannot infer the architecture: no 'conv1.weight'")
@@ -204,31 +200,12 @@ def flax_model_from_state_dict(state_dict: Mapping[str, Any], dtype: str | None 
   return model
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
+def convert(input_path: Path, output_dir: str | os.PathLike, *, overwrite: bool, checkpoint: Any) -> dict:
+  """Converts a loaded VGGSound ResNet checkpoint (models H and I) to a model directory; returns
+  its metadata. Raises ConversionError or ModelCheckpointError (ValueErrors naming the file)."""
+  from vggsound_jax import labels
+  from vggsound_jax.model_dir import load_metadata, save_model
 
-
-def convert(input_path: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
-  """Converts one PyTorch checkpoint file to a model directory; returns its metadata.
-
-  An existing `output_dir` is replaced only with `overwrite` and only if it is a model
-  directory (`vggsound_jax.model_dir.check_target`). Raises TorchCheckpointError,
-  ConversionError or ModelCheckpointError (all ValueErrors whose message names the file and
-  the problem).
-  """
-  from vggsound_jax import labels, vggish_conversion
-  from vggsound_jax.model_dir import check_target, load_metadata, save_model
-  from vggsound_jax.torch_pickle import load_torch_checkpoint
-
-  input_path = Path(input_path)
-  check_target(output_dir, overwrite=overwrite)  # before the work, and again when writing
-  # VGGish's released weights (rows A-C): Google's TF checkpoint, or torchvggish's state dict.
-  if vggish_conversion.checkpoint_kind(input_path) == vggish_conversion.TENSORFLOW:
-    return vggish_conversion.convert(input_path, output_dir, overwrite=overwrite)
-  checkpoint = load_torch_checkpoint(input_path)
-  if vggish_conversion.is_vggish_state_dict(checkpoint):
-    return vggish_conversion.convert(input_path, output_dir, overwrite=overwrite, checkpoint=checkpoint)
   try:
     model = flax_model_from_state_dict(checkpoint)
   except ValueError as e:
@@ -237,7 +214,7 @@ def convert(input_path: str | os.PathLike, output_dir: str | os.PathLike, *, ove
     raise ConversionError(
       input_path, f"the model has {model.config.num_classes} outputs, but VGGSound has {labels.NUM_CLASSES} classes"
     )
-  source = {"converter": "vggsound-convert", "file": input_path.name, "sha256": sha256_of(input_path)}
+  source = {"converter": "vggsound-convert", "file": input_path.name, "sha256": manifest.sha256(input_path)}
   if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("epoch"), int):
     source["epoch"] = checkpoint["epoch"]
   directory = save_model(output_dir, model, class_names=labels.class_names(), source=source, overwrite=overwrite)
