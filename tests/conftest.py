@@ -41,3 +41,17 @@ def load_config(spec: str, *overrides: str):
 @pytest.fixture(name="load_config")
 def load_config_fixture():
   return load_config
+
+
+@pytest.fixture(scope="session")
+def tiny_converted(tmp_path_factory):
+  """A width-4 ResNet-18 avgpool with random weights, saved as the release saves its models and
+  converted: (the PyTorch model, the folder holding `tiny.pth.tar` and the model directory `model`)."""
+  from vggsound_jax.conversion import convert  # noqa: PLC0415 - jax, flax: only for the tests that use it
+  from vggsound_jax.testing import torch_reference  # noqa: PLC0415 - torch: only for the tests that use it
+
+  tmp = tmp_path_factory.mktemp("tiny_converted")
+  model = torch_reference.randomize_(torch_reference.build_torch_model(18, "avgpool", width=4), seed=5).eval()
+  torch_reference.save_release_style(model, tmp / "tiny.pth.tar", legacy=False)
+  convert(tmp / "tiny.pth.tar", tmp / "model")
+  return model, tmp

@@ -10,7 +10,6 @@ import soundfile as sf
 
 from vggsound_jax import Tagger
 from vggsound_jax.audio import decode as audio
-from vggsound_jax.conversion import convert
 from vggsound_jax.serving import tagger
 from vggsound_jax.testing import torch_reference
 
@@ -26,13 +25,9 @@ def _sound(seconds, seed):
   return np.clip(x * 32767, -32768, 32767).astype(np.int16)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("tagger")
-  model = torch_reference.randomize_(torch_reference.build_torch_model(18, "avgpool", width=4), seed=7).eval()
-  torch_reference.save_release_style(model, tmp / "tiny.pth.tar", legacy=False)
-  convert(tmp / "tiny.pth.tar", tmp / "model")
-  return model, tmp
+@pytest.fixture(name="tiny")
+def tiny_fixture(tiny_converted):
+  return tiny_converted
 
 
 @pytest.mark.parametrize(

@@ -1,25 +1,11 @@
-"""The on-disk format of a model, converted from PyTorch or exported by training.
+"""The on-disk format of a model (converted or trained): an Orbax checkpoint with the items
+`state` (the `ModelState`) and `metadata` (`format`, `model_config`, `class_names`, `source`),
+and a `SHA256SUMS` manifest checked before loading.
 
-A model directory is an Orbax checkpoint with two items, and a manifest:
-
-- `state`: the model's `ModelState`, `{"params", "batch_stats"}`, as pure nested dicts;
-- `metadata`: JSON with `format` (`MODEL_FORMAT`), `model_config` (the ModelConfig fields),
-  `class_names` (model output order) and free-form `source` (e.g. the converted file and its
-  sha256);
-- `SHA256SUMS` (`MANIFEST`): the sha256 of every other file, in the format of `sha256sum`
-  (`sha256sum -c SHA256SUMS` checks it by hand). Loading checks it first, so a changed,
-  truncated, missing or added file is one error naming that file, never a silently wrong model.
-  (Directories of the earlier format, `UNCHECKED_FORMATS`, have none and load unchecked.)
-
-Writing never leaves a half-written directory and never destroys what this project did not
-write: `save_model` refuses a non-finite state, writes to a scratch sibling (`.NAME.saving`),
-and renames it into place. An existing directory is replaced only with `overwrite=True`, and
-only if it is empty or a model directory written here (recognised by its metadata `format`,
-holding no file its manifest does not list); never the current directory or one of its
-parents, a file, or a symbolic link.
-
-Loading needs neither torch nor the training code: the architecture is rebuilt from
-`model_config`, and the state restored into it.
+Invariants: `save_model` refuses a non-finite state, writes to a scratch sibling and renames it
+into place; it replaces only an empty directory or a model directory written here, never the
+current directory, a parent, a file or a symbolic link. Loading needs neither torch nor the
+training code. User-facing rules: docs/troubleshooting.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
-"""VGGSounder scores: the VGGSound test set re-annotated with every class a clip holds.
+"""VGGSounder scores (Zverev et al., ICCV 2025): test predictions against the audible labels of
+the re-annotated VGGSound test set, with the metrics its authors report (docs/training.md).
 
-VGGSounder (Zverev et al., ICCV 2025) gives each test clip all the VGGSound classes present in
-it, each marked audible (A), visible (V) or both (AV), and meta-labels (background music,
-static image, voice-over). Single-label top-1 counts a right answer as wrong when the clip holds
-that class too; these scores do not. An audio model is scored against the audible labels
-(A + AV), with the metrics the authors report: hit rate (at least one right class among the
-top k), micro precision, recall and F1 of the top k, for k = 1, 3, 5, 10; and ROC-AUC and PR-AUC
-(average precision) per class, averaged over the classes with both positive and negative clips.
-Clips with background music are left out by default, as the authors do.
-
-The numbers are those of the `vggsounder` package's benchmark function (modality "a", logits
-given) on the same predictions (tests/test_vggsounder.py checks this), except where the top k
-is a tie: the package's order of tied scores is unspecified, here the lower model index wins.
-
-The annotation ships with the package (`data/vggsounder.csv.gz`, the `vggsounder` package's own
-file, Apache-2.0: data/NOTICE); nothing is fetched. It names classes, so its class order (its
-classes.csv, the original stat.csv order) never meets the model's (sorted names,
-`vggsound_jax.labels`): labels are matched to model outputs by name.
-
-Predictions and annotation are matched by clip id (`{youtube_id}_{start:06d}`). Predicted clips
-the annotation lacks, clips left out (background music, no audible label) and annotated clips
-without a prediction are counted in the result, never an error.
+Invariants: the numbers equal those of the `vggsounder` package's benchmark function on the same
+predictions (ties in the top k: the lower model index wins); classes are matched to model
+outputs by name, clips by id; clips on one side only are counted, never an error.
 """
 
 from __future__ import annotations

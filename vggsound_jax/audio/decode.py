@@ -1,21 +1,10 @@
-"""Host-side audio: decode any file to 16 kHz mono int16, and cut it to a 10 s clip.
+"""Host-side audio: any file to 16 kHz mono int16, the samples of the original's
+`ffmpeg -acodec pcm_s16le -ac 1 -ar 16000` (docs/decoding.md), streamed in chunks; tiling to 10 s.
 
-The original converts every file with Debian's `ffmpeg -acodec pcm_s16le -ac 1 -ar 16000` (5.1)
-and then tiles the waveform to 10 s (docs/original_pipeline.md#front-end). Here, 16 kHz mono
-16-bit wav/flac files are read as they are with soundfile; everything else goes through PyAV with
-the stream choice, channel layout and libswresample working precision of that ffmpeg
-(`vggsound_jax.audio.ffmpeg_compat`), which gives the same samples for PCM sources and the same up to
-decoder changes between FFmpeg versions for compressed ones (docs/decoding.md).
-
-Files are decoded as a stream of chunks (`stream_audio`), so that memory stays bounded by the
-chunk whatever the file's length; `decode_audio` concatenates the first `max_seconds`.
-
-Limits, so that a small hostile file can take neither gigabytes nor minutes: the declared
-sample rate must lie in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] and the channel count be at most
-MAX_CHANNELS (checked from the header before decoding, and again on every decoded frame), and
-`decode_audio` decodes only the first `max_seconds` (MAX_SECONDS unless asked otherwise): a
-longer file is cut, not refused. Float audio holding NaN or inf is refused ("non-finite
-samples") instead of being turned into -32768.
+Invariants: memory is bounded by the chunk whatever the file's length; a small hostile file
+takes neither gigabytes nor minutes (sample rate and channel count are checked from the header
+and on every frame; `decode_audio` reads at most `max_seconds`); float audio with NaN or inf is
+refused, never turned into -32768.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
-"""Reads PyTorch checkpoint files without PyTorch, and without running code from them.
+"""Reads PyTorch checkpoint files (legacy and zip formats) without PyTorch, and without running
+code from them (docs/original_pipeline.md#released-checkpoints).
 
-`torch.save` writes a pickle, and unpickling can call any importable function. This reader
-uses a restricted unpickler that resolves only the few globals that rebuild tensors, storages
-and plain containers, mapped to numpy; any other global is refused before anything of it runs.
-
-Both serialisation formats are read (docs/original_pipeline.md#released-checkpoints):
-
-- legacy (PyTorch < 1.6, the released files): one stream of five pickles (magic number,
-  protocol version, system info, the object with persistent storage ids, the sorted list of
-  storage keys), then every storage's raw bytes, each after an int64 element count;
-- zip (PyTorch >= 1.6): `<archive>/data.pkl` with persistent storage ids, the raw bytes of
-  storage `k` in `<archive>/data/k`, and their byte order in `<archive>/byteorder`.
-
-Storage location tags ('cpu', 'cuda:0', ...) are ignored: everything is loaded to host memory.
-
-A damaged or hostile file gets one TorchCheckpointError, never another exception, and cannot
-make the reader allocate more than `MAX_BYTES_PER_FILE_BYTE` times its own size (plus
-`BYTES_SLACK`), whatever sizes it declares: pickles are read by Python's pure-Python
-unpickler, whose memo is a dict (the C one allocates an array as long as the largest memo index
-a pickle names), storage and zip member sizes are checked before they are read, and every
-byte loaded or copied into a tensor counts against that bound. Zip member names are only looked
-up, never used as paths.
+Invariants: the restricted unpickler resolves only the globals that rebuild tensors, storages and
+plain containers; a damaged or hostile file gets one TorchCheckpointError, never another
+exception, and never makes the reader allocate more than `MAX_BYTES_PER_FILE_BYTE` times its
+own size (plus `BYTES_SLACK`), whatever sizes it declares. Zip member names are only looked up,
+never used as paths.
 """
 
 from __future__ import annotations

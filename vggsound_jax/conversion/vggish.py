@@ -1,27 +1,9 @@
-"""Converting the released VGGish weights to a model directory; Google's PCA post-processing.
+"""VGGish's released weights (Google's TF1 checkpoint, or torchvggish's state dict read without
+PyTorch) to a model directory without classifier; Google's PCA post-processing of embeddings.
 
-VGGish's weights exist in two forms (docs/original_pipeline.md#vggish-rows-ac), both read here:
-
-- Google's TF1 checkpoint `vggish_model.ckpt` (variables `vggish/conv1/weights`,
-  `vggish/conv3/conv3_1/biases`, `vggish/fc1/fc1_2/weights`, `vggish/fc2/weights`, ...): its
-  layouts are Flax's (conv HWIO, dense (in, out)), so nothing is transposed. Reading it needs
-  TensorFlow (the `build` extra), imported only on this path; both checkpoint formats work (V1,
-  one file, as released; V2, `PREFIX.index` + `PREFIX.data-*`).
-- torchvggish's state dict `vggish-10086976.pth` (`features.{0,3,6,8,11,13}.*`,
-  `embeddings.{0,2,4}.*`), read without PyTorch (`vggsound_jax.conversion.torch_pickle`): convolutions
-  go from (out, in, kh, kw) to (kh, kw, in, out), linear layers from (out, in) to (in, out).
-  The port flattens the last feature map after permuting it to (height, width, channel), the
-  TF order, so the first fully connected layer needs no reordering of its inputs.
-
-Every weight is checked by name and shape (width and fully connected width are inferred from
-them, so reduced test models convert too). The result is a VGGish without classifier
-(`num_classes = 0`): its outputs are the 128-d embeddings, and it is what rows A and B start
-from (`config.init_from`). `vggsound-convert` recognises both forms.
-
-`Postprocessor` applies the PCA (with whitening) and 8-bit quantisation of Google's
-`vggish_postprocess.py`, with the released `vggish_pca_params.npz`, to export embeddings in
-the format of AudioSet's released features; `export_embeddings` does the whole way from
-waveforms.
+Every weight is checked by name and shape; widths are inferred from the shapes, so reduced test
+models convert too. TensorFlow is imported only to read the TF checkpoint. The two forms and
+their layouts: docs/original_pipeline.md#vggish-rows-ac.
 """
 
 from __future__ import annotations
