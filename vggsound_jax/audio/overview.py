@@ -5,9 +5,9 @@ their power is pooled into `BANDS` frequency bands and shown as the model's log(
 dB, before its per-window standardisation. Memory is bounded whatever the length: frames are
 averaged into at most `MAX_COLUMNS` time columns, and whenever a recording outgrows them, pairs
 of neighbouring columns are merged and every later column holds twice as many frames. A 10 s
-clip keeps every frame (1004 columns of 10 ms); a 3-hour recording gets 1024-2048 columns of
-5-10 s, about 1 MB either way. Samples are consumed chunk by chunk; none is kept beyond the
-last frame's 512.
+clip keeps every frame (1004 columns of 10 ms); a 3-hour recording gets about 1000 columns
+of 10 s; 1 MB of sums either way. Samples are consumed chunk by chunk: between chunks, only
+the samples of the next frame (fewer than 512) are kept.
 """
 
 from __future__ import annotations
