@@ -159,6 +159,7 @@ def test_timeline_of_hours_has_a_bounded_size_and_keeps_brief_sounds(tmp_path):
   assert values[0].max() == 1.0 and np.count_nonzero(values[0]) == 1
   texts = _texts(fig)
   assert "time (h:mm:ss)" in texts and {"0:00:00", "1:00:00", "3:00:00"} <= set(texts)
+  assert r"field \$1.flac: 3:00:00, 2159 windows of 10 s every 5 s" in texts
   assert any("maximum of a run of windows" in t for t in texts)
   path = plots.plot_timeline(tags, tmp_path / "hours.png", k=12)
   assert _png_size(path) == _expected_size(fig) == (1200, round(plots.DPI * fig.get_size_inches()[1]))
@@ -173,6 +174,13 @@ def test_timeline_spectrogram_panel_spans_the_recording():
   assert (left, bottom, top) == (0, 0, 8.0) and right == pytest.approx(3.0, abs=0.05)  # 3 s of noise fed
   assert spec_ax.get_xlim() == pytest.approx((0.0, 3.5))
   assert "frequency (kHz)" in _texts(fig)
+
+
+def test_timeline_of_two_windows_and_many_classes():
+  tags = _tags(12.0, num_classes=60, spectrogram=False)  # a window, and one closing the recording
+  fig = plots.timeline_figure(tags, k=60)
+  assert len(fig.axes[0].get_yticklabels()) == plots.MAX_TIMELINE_CLASSES  # as many rows as fit a screen
+  assert r"field \$1.flac: 0:12.0, 2 windows of 10 s" in _texts(fig)  # no hop: the second window closes
 
 
 @pytest.mark.parametrize(

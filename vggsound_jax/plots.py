@@ -33,6 +33,7 @@ FONT_SIZE = 9
 # Timeline.
 TIMELINE_WIDTH = 12.0  # inches
 DEFAULT_TOP_K = 10
+MAX_TIMELINE_CLASSES = 40  # rows of the heat map: beyond this the picture is taller than a screen
 MAX_HEAT_COLUMNS = 1200  # about the heat map's width in pixels: more windows are max-pooled
 SPECTROGRAM_HEIGHT = 2.6  # inches
 ROW_HEIGHT = 0.3  # inches per class row (heat map) or bar (bar charts)
@@ -200,18 +201,20 @@ def _window_text(tags: Tags) -> str:
   windows = len(tags.starts)
   if windows == 1:
     return "one window"
-  window = float(tags.ends[0] - tags.starts[0])
-  hop = float(tags.starts[1] - tags.starts[0])
-  return f"{windows} windows of {window:g} s every {hop:g} s"
+  text = f"{windows} windows of {float(tags.ends[0] - tags.starts[0]):g} s"
+  if windows > 2:  # the second of two may be the one that closes the recording, at any offset
+    text += f" every {float(tags.starts[1] - tags.starts[0]):g} s"
+  return text
 
 
 def timeline_figure(tags: Tags, k: int = DEFAULT_TOP_K) -> Figure:
   """The recording's spectrogram (when its Tags keep one) above a heat map of the probabilities
-  over time of the k classes whose maximum over windows is highest, best at the top."""
+  over time of the k classes (at most MAX_TIMELINE_CLASSES) whose maximum over windows is
+  highest, best at the top."""
   import matplotlib  # noqa: PLC0415
 
   names = list(tags.class_names) or [f"class {i}" for i in range(tags.window_probs.shape[1])]
-  k = max(1, min(k, len(names)))
+  k = max(1, min(k, len(names), MAX_TIMELINE_CLASSES))
   top = np.argsort(-tags.max_probs, kind="stable")[:k]
   edges, values = heat_columns(tags.starts, tags.ends, tags.duration, tags.window_probs[:, top])
   duration = float(edges[-1])

@@ -60,7 +60,9 @@ _PLOT = flags.DEFINE_string(
   "Optional folder for one timeline picture per file, NAME.png: the recording's spectrogram above the "
   "probabilities over time of the --plot_classes classes with the highest maximum over windows.",
 )
-_PLOT_CLASSES = flags.DEFINE_integer("plot_classes", 10, "Classes (rows) in each --plot picture.", lower_bound=1)
+_PLOT_CLASSES = flags.DEFINE_integer(
+  "plot_classes", 10, "Classes (rows) in each --plot picture (the picture keeps at most 40).", lower_bound=1
+)
 _DECODE_THREADS = flags.DEFINE_integer("decode_threads", None, "Files decoded in parallel (default: up to 8).")
 
 
