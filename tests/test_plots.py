@@ -2,6 +2,7 @@
 (audio/overview.py): each picture rendered from generated data is a PNG of the figure's size
 with the expected names in its texts; the spectrogram is scipy's, pooled; memory is bounded."""
 
+import dataclasses
 import statistics
 import struct
 
@@ -178,8 +179,11 @@ def test_timeline_spectrogram_panel_spans_the_recording():
 
 def test_timeline_of_two_windows_and_many_classes():
   tags = _tags(12.0, num_classes=60, spectrogram=False)  # a window, and one closing the recording
-  fig = plots.timeline_figure(tags, k=60)
-  assert len(fig.axes[0].get_yticklabels()) == plots.MAX_TIMELINE_CLASSES  # as many rows as fit a screen
+  names = ["a name far longer than any class name of VGGSound's, which would squeeze the plot", *tags.class_names[1:]]
+  fig = plots.timeline_figure(dataclasses.replace(tags, class_names=names), k=60)
+  labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+  assert len(labels) == plots.MAX_TIMELINE_CLASSES  # as many rows as fit a screen
+  assert labels[0] == "a name far longer than any class name o\u2026  0.90"
   assert r"field \$1.flac: 0:12.0, 2 windows of 10 s" in _texts(fig)  # no hop: the second window closes
 
 

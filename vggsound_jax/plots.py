@@ -30,6 +30,7 @@ DPI = 100
 SOFTWARE = "vggsound-jax"  # the PNG's Software text: how a picture this project wrote is recognised
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FONT_SIZE = 9
+MAX_LABEL_CHARS = 40  # VGGSound's longest class name has 39
 # Timeline.
 TIMELINE_WIDTH = 12.0  # inches
 DEFAULT_TOP_K = 10
@@ -82,6 +83,15 @@ def _plain(text: str) -> str:
   """Text drawn as it is: '$' would start TeX-like math, and names that are not UTF-8 (surrogate
   escapes) cannot be rendered, so they show as backslash escapes."""
   return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
+
+
+def _name(name: str) -> str:
+  """A class or fold name as a label: cut to MAX_LABEL_CHARS, so that one long name cannot
+  squeeze the plot beside it."""
+  name = str(name)
+  if len(name) > MAX_LABEL_CHARS:
+    name = name[: MAX_LABEL_CHARS - 1].rstrip() + "\u2026"
+  return _plain(name)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
@@ -248,7 +258,7 @@ def timeline_figure(tags: Tags, k: int = DEFAULT_TOP_K) -> Figure:
   heat_ax.hlines(np.arange(1, k), 0, duration, colors="white", linewidth=0.6)
   heat_ax.set_ylim(k, 0)
   heat_ax.set_yticks(np.arange(k) + 0.5)
-  heat_ax.set_yticklabels([f"{_plain(names[i])}  {tags.max_probs[i]:.2f}" for i in top], fontsize=FONT_SIZE)
+  heat_ax.set_yticklabels([f"{_name(names[i])}  {tags.max_probs[i]:.2f}" for i in top], fontsize=FONT_SIZE)
   heat_ax.tick_params(axis="y", length=0)
   pooled = len(edges) - 1 < len(tags.starts)
   heat_ax.set_title(
@@ -279,7 +289,7 @@ def _named_bars(ax, names: Sequence[str], values: np.ndarray, reference: float, 
   ax.barh(y, values, color=color, height=0.75)
   ax.axvline(reference, color="tab:red", linestyle="--", linewidth=1, zorder=0.5)  # behind bars and values
   ax.set_yticks(y)
-  ax.set_yticklabels([_plain(n) for n in names], fontsize=FONT_SIZE)
+  ax.set_yticklabels([_name(n) for n in names], fontsize=FONT_SIZE)
   ax.set_ylim(len(values) - 0.5, -0.5)
   ax.set_xlim(0, 1.0)
   ax.tick_params(axis="y", length=0)
@@ -348,7 +358,7 @@ def confusions_figure(confusions: np.ndarray, class_names: Sequence[str], n: int
   counts = np.asarray([c for _, _, c in pairs])
   ax.barh(y, counts, color="tab:purple", height=0.75)
   ax.set_yticks(y)
-  ax.set_yticklabels([f"{_plain(class_names[t])} \u2192 {_plain(class_names[p])}" for t, p, _ in pairs])
+  ax.set_yticklabels([f"{_name(class_names[t])} \u2192 {_name(class_names[p])}" for t, p, _ in pairs])
   ax.tick_params(axis="y", length=0, labelsize=FONT_SIZE)
   ax.set_ylim(max(len(pairs), 1) - 0.5, -0.5)
   top = int(counts.max()) if len(pairs) else 1
@@ -399,7 +409,7 @@ def cross_validation_figure(folds: Sequence[str], accuracy: Sequence[float]) -> 
   ax.set_xticks(x)
   long_names = len(folds) > 6 or max(len(str(f)) for f in folds) > 8
   ax.set_xticklabels(
-    [_plain(str(f)) for f in folds], rotation=30 if long_names else 0, ha="right" if long_names else "center"
+    [_name(f) for f in folds], rotation=30 if long_names else 0, ha="right" if long_names else "center"
   )
   ax.set_ylim(0, 1.0)
   ax.set_ylabel("accuracy")
