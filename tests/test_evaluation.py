@@ -1,5 +1,6 @@
 """Evaluation: every example counted once through the padded eval loader, and the files."""
 
+import collections
 import csv
 import json
 
@@ -87,6 +88,16 @@ def test_files_written(tmp_path, source, predictions):
   np.testing.assert_allclose([float(r["ap"]) for r in rows], ap, atol=1e-6)
 
   assert (out / "per_class_ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (out / "confusions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with open(out / "confusions.csv") as f:
+    confusions = list(csv.DictReader(f))
+  mistakes = collections.Counter(
+    (NAMES[y], NAMES[p]) for y, p in zip(labels, probs.argmax(axis=1)) if y != p
+  )  # counted clip by clip
+  assert {(r["true_class"], r["predicted_class"]): int(r["count"]) for r in confusions} == mistakes
+  assert [int(r["count"]) for r in confusions] == sorted(mistakes.values(), reverse=True)
+  for r in confusions:
+    assert float(r["share"]) == pytest.approx(int(r["count"]) / np.sum(labels == NAMES.index(r["true_class"])))
 
   saved = np.load(out / "predictions.npz")
   np.testing.assert_array_equal(saved["index"], np.arange(23))

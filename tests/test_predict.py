@@ -223,6 +223,26 @@ def test_long_recordings_are_tagged_window_by_window(converted, tmp_path):
   assert row["max_labels"] == [names[i] for i in np.argsort(-expected.max(axis=0))[:2]]
 
 
+@pytest.mark.slow
+def test_plot_writes_one_timeline_per_file(tiny, tmp_path):
+  model, tmp, good = tiny
+  pictures = tmp_path / "pictures"
+  result = _predict(tmp / "model", "--backend", "jax", "--plot", pictures, "--plot_classes", "3", *good)
+  assert result.returncode == 0, _text(result.stderr)
+  names = sorted(os.fsencode(p.name) for p in pictures.iterdir())
+  assert names == sorted(os.fsencode(Path(p).name + ".png") for p in good)  # a name that is not UTF-8 too
+  for path in pictures.iterdir():
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">I", data[16:20]) == (1200,)
+  assert f"  timeline: {pictures / 'a.wav.png'}" in _text(result.stdout)
+  # A file there that this project did not write is not replaced: one line, before any work.
+  (pictures / "c.wav.png").write_bytes(b"my own picture")
+  result = _predict(tmp_path / "no_model", "--plot", pictures, good[2])
+  assert result.returncode == 1 and (pictures / "c.wav.png").read_bytes() == b"my own picture"
+  message = f"error: {pictures / 'c.wav.png'}: exists and is not a picture written by vggsound-jax"
+  assert _text(result.stderr).startswith(message) and _text(result.stderr).count("\n") == 1
+
+
 def test_output_path_is_checked_before_any_work(tmp_path):
   (tmp_path / "taken.csv.partial").write_text("file,label1\nearlier.wav,dog\n")
   (tmp_path / "folder.npz").mkdir()

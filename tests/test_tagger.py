@@ -10,6 +10,7 @@ import soundfile as sf
 
 from vggsound_jax import Tagger
 from vggsound_jax.audio import decode as audio
+from vggsound_jax.audio import overview
 from vggsound_jax.serving import tagger
 from vggsound_jax.testing import torch_reference
 
@@ -119,9 +120,11 @@ def test_files_in_order_with_bad_ones_in_place(tiny, tmp_path):
     list(t.tag_files(files))
 
 
-def test_a_long_recording_takes_bounded_memory(tiny, tmp_path):
+# With the coarse spectrogram for plots too: it must not grow with the recording either.
+@pytest.mark.parametrize("spectrogram", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_long_recording_takes_bounded_memory(tiny, tmp_path, spectrogram):
   _, tmp = tiny
-  t = Tagger(tmp / "model", backend="jax", batch_size=4)
+  t = Tagger(tmp / "model", backend="jax", batch_size=4, spectrogram=spectrogram)
   t.tag(np.zeros(FS, np.int16), sample_rate=FS)  # compiled first: that memory is not the file's
   peaks = {}
   for minutes in (2, 12):
@@ -136,8 +139,28 @@ def test_a_long_recording_takes_bounded_memory(tiny, tmp_path):
     finally:
       tracemalloc.stop()
     assert len(tags.starts) == minutes * 6 and tags.duration == minutes * 60
-  # Six times the audio, the same memory: a few windows and the batch, not the file (23 MB).
-  assert peaks[12] < 1.2 * peaks[2] and peaks[12] < 12 * 60 * FS * 2 / 3, peaks
+    assert spectrogram == (tags.spectrogram is not None)
+  # Six times the audio, the same memory: a few windows and the batch, not the file (23 MB);
+  # the spectrogram adds its 2 MB of columns and the temporary arrays of its transform.
+  file_bytes = 12 * 60 * FS * 2
+  assert peaks[12] < 1.2 * peaks[2] and peaks[12] < file_bytes * (2 / 3 if spectrogram else 1 / 3), peaks
+
+
+def test_the_spectrogram_for_plots_is_the_whole_recordings(tiny, tmp_path):
+  _, tmp = tiny
+  samples = _sound(23.0, seed=4)
+  path = tmp_path / "field.wav"
+  sf.write(path, samples, FS, subtype="PCM_16")
+  assert Tagger(tmp / "model", backend="jax").tag(path).spectrogram is None  # only when asked for
+  t = Tagger(tmp / "model", backend="jax", batch_size=2, hop=5.0, spectrogram=True)
+  whole = overview.OverviewBuilder()
+  whole.add(samples)  # at once, not streamed in decoded chunks
+  expected = whole.finish()
+  for tags in (t.tag(path), t.tag(samples, sample_rate=FS)):
+    assert tags.spectrogram.frames_per_column == expected.frames_per_column
+    np.testing.assert_allclose(tags.spectrogram.power_db, expected.power_db, atol=1e-3)
+  picture = tags.plot(tmp_path / "field.png", k=3)
+  assert picture == tmp_path / "field.png" and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_arguments_are_one_line(tiny):

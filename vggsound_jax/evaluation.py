@@ -13,7 +13,10 @@ Files written per split:
 - `metrics.json`: mAP, mAUC, d_prime, top1, top5, num_clips, classes_left_out
   (docs/original_pipeline.md#metrics),
   strict JSON: a value that is not finite (d' of a perfect mAUC is +inf) is written as null;
-- `per_class.csv`: class, ap, auc, count; `per_class_ap.png`: the per-class APs, sorted;
+- `per_class.csv`: class, ap, auc, count; `per_class_ap.png`: the per-class APs, sorted, the
+  best and the worst classes named;
+- `confusions.csv`: true_class, predicted_class, count, share (of the true class's clips): every
+  top-1 mistake, most frequent first; `confusions.png`: the most frequent ones;
 - optionally `clips/<clip_id>.npy`, one (C,) probability vector per clip, the layout the
   original release's test script writes.
 """
@@ -34,7 +37,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from vggsound_jax import checkpoints, default_config, distributed, input_pipeline
+from vggsound_jax import checkpoints, default_config, distributed, input_pipeline, plots
 from vggsound_jax import metrics as metrics_lib
 from vggsound_jax import sharding as sharding_lib
 from vggsound_jax import vggsounder as vggsounder_lib
@@ -154,7 +157,10 @@ def write_results(
     writer.writerow(["class", "ap", "auc", "count"])
     for name, ap, auc, count in zip(class_names, full["ap"], full["auc"], full["count"]):
       writer.writerow([name, _fmt(ap), _fmt(auc), int(count)])
-  plot_per_class_ap(out_dir / "per_class_ap.png", class_names, full["ap"], scalars["mAP"])
+  plots.plot_per_class_ap(out_dir / "per_class_ap.png", class_names, full["ap"], scalars["mAP"])
+  confusions = metrics_lib.top1_confusions(probs, labels)
+  write_confusions(out_dir / "confusions.csv", confusions, class_names)
+  plots.plot_confusions(out_dir / "confusions.png", confusions, class_names)
 
   if export_clip_npy:
     if clip_ids is None:
@@ -172,31 +178,14 @@ def _fmt(x: float) -> str:
   return "" if not np.isfinite(x) else f"{x:.6f}"
 
 
-def plot_per_class_ap(path: str | os.PathLike, class_names: Sequence[str], ap: np.ndarray, m_ap: float) -> None:
-  """Bar chart of the per-class APs, best first; classes with no positives are left out."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  kept = np.flatnonzero(np.isfinite(ap))
-  order = kept[np.argsort(-ap[kept], kind="stable")]
-  fig, ax = plt.subplots(figsize=(max(6.0, 0.06 * len(order) + 2), 4.5))
-  ax.bar(np.arange(len(order)), ap[order], width=0.9, color="tab:blue")
-  ax.axhline(m_ap, color="tab:red", linestyle="--", label=f"mAP {m_ap:.3f}")
-  ax.set_xlim(-0.5, len(order) - 0.5)
-  ax.set_ylim(0, 1.02)
-  ax.set_ylabel("average precision")
-  ax.set_title(f"Per-class AP ({len(order)} classes, best first)")
-  if len(order) <= 40:
-    ax.set_xticks(np.arange(len(order)))
-    ax.set_xticklabels([class_names[i] for i in order], rotation=90, fontsize=7)
-  else:
-    ax.set_xlabel("class rank")
-  ax.legend(loc="upper right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+def write_confusions(path: str | os.PathLike, confusions: np.ndarray, class_names: Sequence[str]) -> None:
+  """Every top-1 mistake of a `metrics.top1_confusions` matrix as csv rows, most frequent first."""
+  clips = confusions.sum(axis=1)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["true_class", "predicted_class", "count", "share"])
+    for true, predicted, count in metrics_lib.most_confused(confusions):
+      writer.writerow([class_names[true], class_names[predicted], count, f"{count / clips[true]:.6f}"])
 
 
 # ----------------------------------------------------------------------------- orchestration

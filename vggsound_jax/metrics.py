@@ -3,7 +3,8 @@
 Per-class AP and AUC are sklearn's `average_precision_score` and `roc_auc_score`, the
 definition the original used; d' = sqrt(2) * Phi^-1(mAUC), of the *mean* AUC. A class with no
 positive clip in the evaluated set has no AUC: it is left out of both means and counted in
-`classes_left_out` (the original's mean would have been NaN).
+`classes_left_out` (the original's mean would have been NaN). `top1_confusions` counts which
+class the top-1 prediction names for each true class, `most_confused` the largest mistakes.
 """
 
 from __future__ import annotations
@@ -88,3 +89,26 @@ def strict_json(values: dict) -> dict:
   The one representation of scalar metrics wherever they are written or printed.
   """
   return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}
+
+
+def top1_confusions(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """(C, C) int64 counts: row = a clip's true class, column = its top-1 class (ties by class
+  index, as in top-1 accuracy). A multi-hot clip counts once in the row of each positive class."""
+  probs = np.asarray(probs)
+  c = probs.shape[1]
+  targets = targets_from_labels(labels, c)
+  top1 = np.argmax(probs, axis=1)  # the first of equal maxima, as a stable argsort of -p
+  counts = np.zeros((c, c), np.int64)
+  rows, clips = np.nonzero(targets.T)
+  np.add.at(counts, (rows, top1[clips]), 1)
+  return counts
+
+
+def most_confused(confusions: np.ndarray, n: int | None = None) -> list[tuple[int, int, int]]:
+  """[(true class, predicted class, count)] of the mistakes (off-diagonal, count > 0) of a
+  `top1_confusions` matrix, most frequent first, ties in class order; the first n, or all."""
+  off = confusions.copy()
+  np.fill_diagonal(off, 0)
+  true, predicted = np.nonzero(off)
+  order = np.lexsort((predicted, true, -off[true, predicted]))[:n]
+  return [(int(true[i]), int(predicted[i]), int(off[true[i], predicted[i]])) for i in order]

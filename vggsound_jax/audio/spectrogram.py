@@ -10,48 +10,24 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from vggsound_jax.audio.decode import INT16_SCALE, SAMPLE_RATE
+from vggsound_jax.audio.decode import INT16_SCALE
 
-NPERSEG = 512
-NOVERLAP = 353
-HOP = NPERSEG - NOVERLAP  # 159
-NUM_FREQ_BINS = NPERSEG // 2 + 1  # 257, one-sided
-TUKEY_ALPHA = 0.25  # scipy.signal.spectrogram's default window is ('tukey', 0.25)
-LOG_EPS = 1e-7
+# The framing is defined once, in stft.py (numpy only, for the host side too); importable from here as before.
+from vggsound_jax.audio.stft import (  # noqa: F401 - re-exported
+  HOP,
+  LOG_EPS,
+  NOVERLAP,
+  NPERSEG,
+  NUM_FREQ_BINS,
+  POWER_TO_LOG_SCALE,
+  TUKEY_ALPHA,
+  WINDOW,
+  num_frames,
+  periodic_tukey,
+)
+
+_POWER_TO_LOG_SCALE = POWER_TO_LOG_SCALE  # the name export.py reads
 STD_EPS = 1e-9
-
-
-def periodic_tukey(length: int, alpha: float) -> np.ndarray:
-  """scipy.signal.get_window(("tukey", alpha), length): the symmetric window one sample longer,
-  its last sample dropped. Built here because importing scipy.signal takes most of a second."""
-  n = length + 1
-  width = int(np.floor(alpha * (n - 1) / 2.0))
-  k = np.arange(n)
-  window = np.ones(n)
-  rise, fall = k[: width + 1], k[n - width - 1 :]
-  window[: width + 1] = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * rise / alpha / (n - 1))))
-  window[n - width - 1 :] = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * fall / alpha / (n - 1))))
-  return window[:-1]
-
-
-WINDOW = periodic_tukey(NPERSEG, TUKEY_ALPHA)
-
-
-def _power_to_log_scale() -> np.ndarray:
-  """Per-bin factor taking |rfft|^2 of int16-unit frames to (density PSD) / LOG_EPS."""
-  density = 1.0 / (SAMPLE_RATE * np.sum(WINDOW**2) * INT16_SCALE**2)
-  # One-sided density: every bin but DC and Nyquist carries its negative twin.
-  one_sided = np.full(NUM_FREQ_BINS, 2.0)
-  one_sided[[0, -1]] = 1.0
-  return (density * one_sided / LOG_EPS).astype(np.float32)
-
-
-_POWER_TO_LOG_SCALE = _power_to_log_scale()
-
-
-def num_frames(num_samples: int) -> int:
-  """Frames scipy produces for a waveform of this length (no padding): 1004 for 10 s."""
-  return 1 + (num_samples - NPERSEG) // HOP
 
 
 def _frame_means(x: jnp.ndarray, starts: np.ndarray) -> jnp.ndarray:

@@ -1,7 +1,7 @@
 """vggsound-predict: tag audio or video files of any length with a converted, trained or exported model.
 
   vggsound-predict --checkpoint DIR [--top_k 5] [--window 10] [--hop 10] [--backend auto]
-                   [--output preds.{npz,csv,jsonl}] FILE...
+                   [--output preds.{npz,csv,jsonl}] [--plot DIR [--plot_classes 10]] FILE...
 
 Prints the top-k classes of every file: of its one window for a clip of up to 10 s (exactly the
 original's prediction), or of the mean over its windows for a longer recording, with each
@@ -13,12 +13,17 @@ any failed. Any file name works, also one that is not valid UTF-8.
 `--output` is checked before any work and written as results come, to `OUTPUT.partial`, renamed
 to OUTPUT at the end: a killed run keeps every result so far. Memory stays flat in the number
 and the length of files: decoding streams each file a few windows ahead of the model.
+
+`--plot DIR` writes one picture per file as it is tagged, DIR/NAME.png (`plots.timeline_paths`,
+checked before any work): the recording's spectrogram above the probabilities over time of its
+top classes (`plots.timeline_figure`), the same size and memory for a clip and for hours.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from absl import app, flags
@@ -49,6 +54,15 @@ _BACKEND = flags.DEFINE_string(
   "backend", "auto", "Inference backend: auto (the fastest available on this machine), jax, openvino."
 )
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the model's).")
+_PLOT = flags.DEFINE_string(
+  "plot",
+  None,
+  "Optional folder for one timeline picture per file, NAME.png: the recording's spectrogram above the "
+  "probabilities over time of the --plot_classes classes with the highest maximum over windows.",
+)
+_PLOT_CLASSES = flags.DEFINE_integer(
+  "plot_classes", 10, "Classes (rows) in each --plot picture (the picture keeps at most 40).", lower_bound=1
+)
 _DECODE_THREADS = flags.DEFINE_integer("decode_threads", None, "Files decoded in parallel (default: up to 8).")
 
 
@@ -86,8 +100,13 @@ def main(argv: list[str]) -> None:
     from vggsound_jax.serving.prediction_files import open_output  # noqa: PLC0415 - imports numpy: keep --help fast
 
     writer = open_output(_OUTPUT.value, _TOP_K.value)
+  pictures = None
+  if _PLOT.value:
+    from vggsound_jax.plots import timeline_paths  # noqa: PLC0415
+
+    pictures = timeline_paths(_PLOT.value, files)
   try:
-    failed = _tag(files, writer)
+    failed = _tag(files, writer, pictures)
   except BaseException:
     if writer is not None:
       if writer.count:
@@ -103,8 +122,8 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
 
 
-def _tag(files: Sequence[str], writer: _Rows | _Arrays | None) -> int:
-  """Tags `files`, printing and writing as it goes; returns how many failed."""
+def _tag(files: Sequence[str], writer: _Rows | _Arrays | None, pictures: Sequence[Path] | None) -> int:
+  """Tags `files`, printing, writing and plotting as it goes; returns how many failed."""
   from vggsound_jax.serving.tagger import Tagger  # noqa: PLC0415 - keeps --help fast
 
   tagger = Tagger(
@@ -115,6 +134,7 @@ def _tag(files: Sequence[str], writer: _Rows | _Arrays | None) -> int:
     hop=_HOP.value,
     dtype=_DTYPE.value,
     decode_threads=_DECODE_THREADS.value,
+    spectrogram=pictures is not None,
   )
   if tagger.backend == "jax":  # JAX compiles on the first call; the other backends never import it
     from vggsound_jax.compilation_cache import enable_compilation_cache  # noqa: PLC0415
@@ -123,12 +143,14 @@ def _tag(files: Sequence[str], writer: _Rows | _Arrays | None) -> int:
   if writer is not None:
     writer.begin(tagger.class_names, tagger.embedding_dim)
   failed, done = 0, []
-  for result in tagger.tag_files(files, errors="return"):
+  for i, result in enumerate(tagger.tag_files(files, errors="return")):
     if isinstance(result, Exception):
       failed += 1
       print(f"error: {result}", file=sys.stderr)
       continue
     _print(result, _TOP_K.value)
+    if pictures is not None:
+      print(f"  timeline: {result.plot(pictures[i], k=_PLOT_CLASSES.value)}")
     done.append(result)
     if writer is not None and len(done) >= _BATCH_SIZE.value:
       writer.write(done)

@@ -20,6 +20,10 @@ windows. Which windows (`window_starts`):
 Files are decoded as a stream (`audio.stream_audio`), a few windows ahead of the model, so a
 one-hour recording takes the memory of a few windows plus its per-window results. Windows of
 several files share batches; files are decoded in parallel threads while the model runs.
+
+With `Tagger(..., spectrogram=True)` each recording's `Tags` also holds a coarse spectrogram of
+the whole recording (`audio.overview`, at most about 1 MB however long), computed in the
+decoding threads from the same stream, for `Tags.plot` (`vggsound_jax.plots.plot_timeline`).
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ import dataclasses
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vggsound_jax.audio import decode as audio
+from vggsound_jax.audio.overview import Overview, OverviewBuilder
 from vggsound_jax.errors import PathError
 
 # A tail shorter than this fraction of a window gets no window of its own. A tenth is where the
@@ -63,6 +69,7 @@ class Tags:
   window_probs: np.ndarray  # (W, C) float32
   window_embeddings: np.ndarray  # (W, D) float32
   class_names: Sequence[str]
+  spectrogram: Overview | None = None  # the whole recording's, coarse; with Tagger(spectrogram=True)
 
   @property
   def probs(self) -> np.ndarray:
@@ -82,6 +89,13 @@ class Tags:
   def top(self, k: int = 5, probs: np.ndarray | None = None) -> list[tuple[str, float]]:
     """The k most probable classes of `probs` (default: the mean over windows), best first."""
     return top_classes(self.probs if probs is None else probs, self.class_names, k)
+
+  def plot(self, path: str | os.PathLike, k: int = 10) -> Path:
+    """Writes the recording's timeline as a PNG: its spectrogram (when kept) above the
+    probabilities over time of the k classes with the highest maximum; returns the path."""
+    from vggsound_jax import plots  # noqa: PLC0415 - matplotlib: loaded only to plot
+
+    return plots.plot_timeline(self, path, k=k)
 
 
 def top_classes(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -111,10 +125,17 @@ class _Window:
 @dataclasses.dataclass
 class _End:
   num_samples: int
+  spectrogram: Overview | None = None
 
 
-def _windows(chunks: Iterable[np.ndarray], window: int, hop: int) -> Iterator[_Window | _End]:
-  """`window_starts` over a stream of chunks, holding only the samples from the last window on."""
+def _windows(
+  chunks: Iterable[np.ndarray], window: int, hop: int, spectrogram: bool = False
+) -> Iterator[_Window | _End]:
+  """`window_starts` over a stream of chunks, holding only the samples from the last window on;
+  with `spectrogram`, the end marker carries the stream's `Overview`."""
+  overview = OverviewBuilder() if spectrogram else None
+  if overview is not None:
+    chunks = overview.feed(chunks)
   buffer = np.zeros(0, np.int16)
   offset = 0  # file position of buffer[0]
   next_start, last_start = 0, None
@@ -134,7 +155,7 @@ def _windows(chunks: Iterable[np.ndarray], window: int, hop: int) -> Iterator[_W
     yield _Window(0, total, audio.to_clip(buffer, window))
   elif window_starts(total, window, hop)[-1] > last_start:
     yield _Window(total - window, total, buffer[total - window - offset :].copy())
-  yield _End(total)
+  yield _End(total, overview.finish() if overview is not None else None)
 
 
 def _head(items: Iterator, limit: int) -> list:
@@ -157,6 +178,7 @@ class Tagger:
     window, hop: seconds; hop defaults to window.
     dtype: compute dtype ('float32', 'bfloat16'); default: the model's.
     decode_threads: files decoded in parallel.
+    spectrogram: keep each recording's coarse spectrogram in its Tags, for `Tags.plot`.
   """
 
   def __init__(
@@ -169,6 +191,7 @@ class Tagger:
     hop: float | None = None,
     dtype: str | None = None,
     decode_threads: int | None = None,
+    spectrogram: bool = False,
   ) -> None:
     from vggsound_jax.serving import backends as runtime  # noqa: PLC0415 - the backends are heavy: load on use
 
@@ -186,6 +209,7 @@ class Tagger:
     )
     self.class_names: list[str] = list(self.metadata.get("class_names") or [])
     self.batch_size = batch_size
+    self.spectrogram = spectrogram
 
   @property
   def backend(self) -> str:
@@ -208,7 +232,7 @@ class Tagger:
       samples = audio.convert_waveform(source, sample_rate)
       if samples.size == 0:
         raise ValueError("empty waveform")
-      jobs = [(IN_MEMORY, lambda: _windows([samples], self.window, self.hop))]
+      jobs = [(IN_MEMORY, lambda: _windows([samples], self.window, self.hop, self.spectrogram))]
     else:
       if sample_rate is not None:
         raise ValueError("sample_rate is for waveforms; a file's own rate is read from it")
@@ -233,7 +257,7 @@ class Tagger:
       yield result
 
   def _file_windows(self, path: str | os.PathLike) -> Callable[[], Iterator[_Window | _End]]:
-    return lambda: _windows(audio.stream_audio(path), self.window, self.hop)
+    return lambda: _windows(audio.stream_audio(path), self.window, self.hop, self.spectrogram)
 
   def _run(self, jobs: Iterable[tuple[str, Callable[[], Iterator]]]) -> Iterator[Tags | PathError]:
     """Windows of every job through the model; one result per job, in order."""
@@ -264,7 +288,7 @@ class Tagger:
       else:
         state["done"] = True
         if isinstance(item, _End):
-          state["num_samples"] = item.num_samples
+          state["num_samples"], state["spectrogram"] = item.num_samples, item.spectrogram
         else:
           state["error"] = item
           batch[:] = [(j, w) for j, w in batch if j != i]
@@ -288,6 +312,7 @@ class Tagger:
       window_probs=probs,
       window_embeddings=embeddings,
       class_names=self.class_names,
+      spectrogram=state["spectrogram"],
     )
 
   def _decoded(
