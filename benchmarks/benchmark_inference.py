@@ -108,7 +108,8 @@ def bench_model(cfg, rows):
 
   from vggsound_jax.audio.spectrogram import log_spectrogram
   from vggsound_jax.conversion.resnet import flax_model_from_state_dict
-  from vggsound_jax.serving.export import OPENVINO_PRECISIONS, build_graph, import_openvino
+  from vggsound_jax.serving.exported import OPENVINO_PRECISIONS, import_openvino
+  from vggsound_jax.serving.graph import build_graph
   from vggsound_jax.testing import torch_reference
 
   core = import_openvino().Core()

@@ -13,7 +13,7 @@ from flax import nnx
 from vggsound_jax.model_dir import save_model
 from vggsound_jax.models import ModelConfig, forward
 from vggsound_jax.serving import backends as runtime
-from vggsound_jax.serving import export
+from vggsound_jax.serving import exported, graph
 from vggsound_jax.testing.random_model import random_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
@@ -67,8 +67,8 @@ def cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_exported_graph_matches_jax(saved, tmp_path, name):
   directory, (want_probs, want_embeddings) = saved[name]
-  metadata = export.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
-  assert metadata["source_model_hash"] == export.model_hash(directory)
+  metadata = exported.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
+  assert metadata["source_model_hash"] == exported.model_hash(directory)
   classifier, loaded = runtime.load_classifier(tmp_path / "exported", batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert (classifier.backend, classifier.batch_size, classifier.num_samples) == ("openvino", BATCH, NUM_SAMPLES)
   assert loaded["class_names"] == list(NAMES) and loaded["precision"] == "fp32"
@@ -82,7 +82,7 @@ def test_exported_graph_matches_jax(saved, tmp_path, name):
 
 def test_bf16_export_reports_agreement_with_fp32(saved, tmp_path):
   directory, _ = saved["r18-vlad"]
-  export.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
+  exported.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
   bf16, metadata = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)
   fp32, _ = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES, dtype="float32")
   assert metadata["precision"] == bf16.precision == "bf16" and fp32.precision == "fp32"
@@ -99,13 +99,13 @@ def test_auto_exports_once_into_the_cache_and_reuses_it(saved, cache, monkeypatc
   assert classifier.backend == "openvino" and metadata["class_names"] == list(NAMES)
   (entry,) = cache.iterdir()  # one complete entry, no scratch directory left behind
   assert sorted(p.name for p in entry.iterdir()) == sorted(
-    [export.GRAPH_FILE, export.WEIGHTS_FILE, export.METADATA_FILE, export.MANIFEST]
+    [exported.GRAPH_FILE, exported.WEIGHTS_FILE, exported.METADATA_FILE, exported.MANIFEST]
   )
 
   def no_export(*args, **kwargs):
     raise AssertionError("exported again")
 
-  monkeypatch.setattr(export, "write_export", no_export)
+  monkeypatch.setattr(exported, "write_export", no_export)
   again, _ = runtime.load_classifier(directory, batch_size=2, num_samples=NUM_SAMPLES)
   np.testing.assert_allclose(again(CLIPS[:2])[0], want_probs[:2], atol=FP32_TOLERANCE, rtol=0)
   # Another clip length is another entry.
@@ -119,10 +119,10 @@ def test_damaged_cache_entry_is_exported_again(saved, cache):
   directory, _ = saved["r18-avgpool"]
   runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
   (entry,) = cache.iterdir()
-  (entry / export.WEIGHTS_FILE).write_bytes(b"truncated")
+  (entry / exported.WEIGHTS_FILE).write_bytes(b"truncated")
   classifier, _ = runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert classifier.backend == "openvino"
-  export.verify_manifest(entry)
+  exported.verify_manifest(entry)
   assert [p.name for p in cache.iterdir()] == [entry.name]
 
 
@@ -143,7 +143,7 @@ def test_concurrent_loads_share_one_complete_entry(saved, cache):
     t.join()
   assert not errors and results == ["openvino"] * 3
   (entry,) = cache.iterdir()
-  export.verify_manifest(entry)
+  exported.verify_manifest(entry)
 
 
 def test_forced_and_fallback_backends(saved, tmp_path, monkeypatch, capsys):
@@ -165,12 +165,12 @@ def test_forced_and_fallback_backends(saved, tmp_path, monkeypatch, capsys):
   with pytest.raises(runtime.BackendError, match="unknown backend 'tpu'"):
     runtime.load_classifier(directory, backend="tpu")
 
-  exported = tmp_path / "exported"
-  export.export_model(directory, exported, num_samples=NUM_SAMPLES)
+  output = tmp_path / "exported"
+  exported.export_model(directory, output, num_samples=NUM_SAMPLES)
   with pytest.raises(runtime.BackendError, match="runs on openvino only"):
-    runtime.load_classifier(exported, backend="jax", num_samples=NUM_SAMPLES)
+    runtime.load_classifier(output, backend="jax", num_samples=NUM_SAMPLES)
   with pytest.raises(runtime.BackendError, match="exported for clips of 8000 samples, not 16000"):
-    runtime.load_classifier(exported, num_samples=16000)
+    runtime.load_classifier(output, num_samples=16000)
 
   # On an accelerator, auto runs JAX.
   monkeypatch.setattr(runtime, "jax_on_cpu_only", lambda: False)
@@ -194,13 +194,13 @@ def test_vggish_falls_back_to_jax(tmp_path, capsys):
   np.testing.assert_allclose(classifier(clips)[0], np.asarray(jax.jit(forward)(model, clips)[0]), atol=1e-6)
   with pytest.raises(runtime.BackendError, match="vggish model cannot be exported"):
     runtime.load_classifier(directory, backend="openvino", num_samples=16000)
-  with pytest.raises(export.UnsupportedExportError):
-    export.export_model(directory, tmp_path / "out", num_samples=16000)
+  with pytest.raises(exported.UnsupportedExportError):
+    exported.export_model(directory, tmp_path / "out", num_samples=16000)
 
 
 def test_exported_model_runs_without_jax_tensorflow_or_telemetry(saved, tmp_path):
   directory, _ = saved["r18-avgpool"]
-  export.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
+  exported.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
   code = (
     "import os, sys, numpy as np\n"
     "forks = []\n"
@@ -233,14 +233,14 @@ def test_export_command(saved, tmp_path):
   result = _export_command("--checkpoint", directory, "--output", output, "--num_samples", NUM_SAMPLES, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "ResNet-18 avgpool, 5 classes, clips of 8000 samples, fp32" in result.stdout
-  assert export.read_metadata(output)["num_samples"] == NUM_SAMPLES
+  assert exported.read_metadata(output)["num_samples"] == NUM_SAMPLES
 
   # Refused before any work: an existing output without --overwrite, or a directory it did not write.
-  with pytest.raises(export.ExportError, match="already exists"):
-    export.export_model(directory, output, num_samples=NUM_SAMPLES)
+  with pytest.raises(exported.ExportError, match="already exists"):
+    exported.export_model(directory, output, num_samples=NUM_SAMPLES)
   (output / "notes.txt").write_text("mine")
-  with pytest.raises(export.ExportError, match="notes.txt: was not written by vggsound-jax"):
-    export.export_model(directory, output, num_samples=NUM_SAMPLES, overwrite=True)
+  with pytest.raises(exported.ExportError, match="notes.txt: was not written by vggsound-jax"):
+    exported.export_model(directory, output, num_samples=NUM_SAMPLES, overwrite=True)
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "data.txt").write_text("keep me")
@@ -259,3 +259,17 @@ def test_export_command(saved, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
   assert (foreign / "data.txt").read_text() == "keep me"
   assert not (tmp_path / "new").exists()
+
+
+def test_graph_refuses_a_module_it_does_not_know():
+  vggish = random_model(ModelConfig(arch="vggish", width=4, fc_width=32, num_classes=5))
+  with pytest.raises(exported.UnsupportedExportError, match="a model the exporter has no graph for"):
+    graph.build_graph(vggish, NUM_SAMPLES)
+
+  class Unknown(nnx.Module):
+    pass
+
+  model = _model(CONFIGS["r18-avgpool"])
+  model.layer2 = nnx.List([Unknown()])
+  with pytest.raises(exported.UnsupportedExportError, match="^Unknown: a block the exporter has no graph for"):
+    graph.build_graph(model, NUM_SAMPLES)

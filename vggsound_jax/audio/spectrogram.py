@@ -46,7 +46,7 @@ def _power_to_log_scale() -> np.ndarray:
   return (density * one_sided / LOG_EPS).astype(np.float32)
 
 
-_POWER_TO_LOG_SCALE = _power_to_log_scale()
+POWER_TO_LOG_SCALE = _power_to_log_scale()
 
 
 def num_frames(num_samples: int) -> int:
@@ -91,7 +91,7 @@ def log_spectrogram(waveform: jnp.ndarray) -> jnp.ndarray:
   frames = frames - _frame_means(x, starts)[..., None]  # detrend='constant'
   spectrum = jnp.fft.rfft(frames * WINDOW.astype(np.float32), axis=-1)
   power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
-  log_power = jnp.log1p(power * _POWER_TO_LOG_SCALE)  # log(S + eps) - log(eps)
+  log_power = jnp.log1p(power * POWER_TO_LOG_SCALE)  # log(S + eps) - log(eps)
   log_power = jnp.swapaxes(log_power, -1, -2)  # (..., 257, F)
 
   mean = jnp.mean(log_power, axis=(-2, -1), keepdims=True)

@@ -1,4 +1,4 @@
-"""vggsound-export: a model directory -> an OpenVINO graph for fast CPU inference (vggsound_jax/serving/export.py).
+"""vggsound-export: a model directory -> an OpenVINO graph for fast CPU inference (vggsound_jax/serving/exported.py).
 
   vggsound-export --checkpoint models/H --output models/H.openvino [--precision fp32|bf16] [--num_samples 160000]
 
@@ -14,12 +14,12 @@ from absl import app, flags
 
 from vggsound_jax.audio.decode import CLIP_SAMPLES
 from vggsound_jax.cli import common
-from vggsound_jax.serving import export
+from vggsound_jax.serving import exported
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (vggsound-convert or training output).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to create with the exported model.")
 _PRECISION = flags.DEFINE_enum(
-  "precision", "fp32", list(export.PRECISIONS), "Inference precision the runtime compiles the graph for."
+  "precision", "fp32", list(exported.PRECISIONS), "Inference precision the runtime compiles the graph for."
 )
 _NUM_SAMPLES = flags.DEFINE_integer(
   "num_samples", CLIP_SAMPLES, "Samples per clip the graph takes (16 kHz; default 10 s).", lower_bound=1
@@ -30,7 +30,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing exported
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  metadata = export.export_model(
+  metadata = exported.export_model(
     _CHECKPOINT.value,
     _OUTPUT.value,
     precision=_PRECISION.value,

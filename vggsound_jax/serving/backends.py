@@ -25,7 +25,7 @@ import numpy as np
 
 from vggsound_jax.audio.decode import CLIP_SAMPLES
 from vggsound_jax.errors import UserError
-from vggsound_jax.serving import export
+from vggsound_jax.serving import exported
 
 BACKENDS = ("auto", "jax", "openvino")
 # Environment variables: the JAX compilation cache's (compilation_cache.enable_compilation_cache), whose
@@ -102,19 +102,19 @@ class OpenVINOClassifier:
   backend = "openvino"
 
   def __init__(self, directory: Path, metadata: dict[str, Any], *, batch_size: int, precision: str) -> None:
-    ov = export.import_openvino()
+    ov = exported.import_openvino()
     self.batch_size = batch_size
     self.num_samples = int(metadata["num_samples"])
     self.embedding_dim = int(metadata["embedding_dim"])
     self.precision = precision
     core = ov.Core()
-    model = core.read_model(directory / export.GRAPH_FILE)
+    model = core.read_model(directory / exported.GRAPH_FILE)
     # A static shape: OpenVINO plans memory and picks kernels once for it.
     model.reshape({0: [batch_size, self.num_samples]})
     compiled = core.compile_model(
       model,
       "CPU",
-      {"INFERENCE_PRECISION_HINT": export.OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"},
+      {"INFERENCE_PRECISION_HINT": exported.OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"},
     )
     self._request = compiled.create_infer_request()
     self._padded = np.zeros((batch_size, self.num_samples), np.int16)
@@ -141,7 +141,7 @@ class JaxClassifier:
     self.batch_size = batch_size
     self.num_samples = num_samples
     self.embedding_dim = int(model.config.embedding_dim)
-    self.precision = export.precision_of_dtype(model.config.dtype)
+    self.precision = exported.precision_of_dtype(model.config.dtype)
     self._classifier = Classifier(model, batch_size)
 
   def __call__(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +153,7 @@ class JaxClassifier:
 
 
 def is_exported(path: str | os.PathLike) -> bool:
-  return (Path(path) / export.METADATA_FILE).is_file()
+  return (Path(path) / exported.METADATA_FILE).is_file()
 
 
 def load_classifier(
@@ -181,7 +181,7 @@ def load_classifier(
     raise BackendError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
   if batch_size < 1:
     raise ValueError(f"batch_size {batch_size}: at least 1")
-  precision = None if dtype is None else export.precision_of_dtype(dtype)
+  precision = None if dtype is None else exported.precision_of_dtype(dtype)
   path = Path(path).absolute()
   if is_exported(path):
     if backend == "jax":
@@ -213,7 +213,7 @@ def _require_openvino() -> None:
 def _load_exported(
   path: Path, *, batch_size: int, num_samples: int, precision: str | None
 ) -> tuple[OpenVINOClassifier, dict[str, Any]]:
-  metadata = export.read_metadata(path)
+  metadata = exported.read_metadata(path)
   if int(metadata["num_samples"]) != num_samples:
     raise BackendError(
       f"{path}: exported for clips of {metadata['num_samples']} samples, not {num_samples} "
@@ -235,7 +235,13 @@ def cache_key(path: Path, *, num_samples: int, precision: str | None) -> str:
   and the versions of the export format and of openvino."""
   import hashlib  # noqa: PLC0415
 
-  parts = [export.model_hash(path), str(num_samples), precision or "model", export.EXPORT_FORMAT, openvino_version()]
+  parts = [
+    exported.model_hash(path),
+    str(num_samples),
+    precision or "model",
+    exported.EXPORT_FORMAT,
+    openvino_version(),
+  ]
   return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
@@ -248,7 +254,7 @@ def _load_cached_export(
   cached = export_cache_dir() / cache_key(path, num_samples=num_samples, precision=precision)
   try:
     return _load_exported(cached, batch_size=batch_size, num_samples=num_samples, precision=precision)
-  except (export.ExportError, BackendError):
+  except (exported.ExportError, BackendError):
     pass  # missing or damaged: export it (again)
   from vggsound_jax.model_dir import load_model  # noqa: PLC0415
 
@@ -257,8 +263,8 @@ def _load_cached_export(
     raise NotExportableError(
       f"{path}: a {model.config.arch} model cannot be exported (only ResNets); use --backend jax", model, metadata
     )
-  export.check_num_samples(num_samples)
-  metadata = dict(metadata, source_model_hash=export.model_hash(path))
-  model_precision = precision or export.precision_of_dtype(model.config.dtype)
-  export.write_export(model, metadata, cached, precision=model_precision, num_samples=num_samples, cache=True)
+  exported.check_num_samples(num_samples)
+  metadata = dict(metadata, source_model_hash=exported.model_hash(path))
+  model_precision = precision or exported.precision_of_dtype(model.config.dtype)
+  exported.write_export(model, metadata, cached, precision=model_precision, num_samples=num_samples, cache=True)
   return _load_exported(cached, batch_size=batch_size, num_samples=num_samples, precision=precision)
