@@ -1,10 +1,12 @@
-"""An exported model directory: writing it (atomically, with its SHA256SUMS), reading and
-checking it, and the export cache's placement; the graph itself is built by `graph.py`.
+"""Exports on disk: the exported directory (writing it atomically with its SHA256SUMS, reading and
+checking it, placing it in the export cache) and the standalone `.onnx` file; the graph itself
+is built by `graph.py`.
 
-An exported directory holds the graph (`model.xml`, `model.bin`), `export.json` (class names,
-model config, precision, num_samples, the source model's manifest hash, versions) and a
-`SHA256SUMS` manifest. Invariant: what is read was checked against its manifest, and nothing
-here imports jax (running an export needs only openvino and numpy).
+An exported directory holds the ONNX graph (`model.onnx`), `export.json` (class names, model
+config, precision, num_samples, the source model's manifest hash, versions) and `SHA256SUMS`; a
+standalone `.onnx` carries the same metadata in its metadata_props. Invariant: what is read was
+checked against its manifest, and reading imports no jax (running an export needs only a runtime
+that reads ONNX, and numpy).
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import json
 import os
 import platform
 import shutil
-import sys
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,53 +25,25 @@ from vggsound_jax import manifest
 from vggsound_jax.audio.decode import CLIP_SAMPLES
 from vggsound_jax.errors import PathError
 
-EXPORT_FORMAT = "vggsound_jax.export/1"
+# /1 held an OpenVINO IR (model.xml, model.bin); /2 holds the ONNX graph.
+EXPORT_FORMAT = "vggsound_jax.export/2"
 FORMAT_FAMILY = "vggsound_jax.export/"
-GRAPH_FILE = "model.xml"  # and its weights, model.bin
-WEIGHTS_FILE = "model.bin"
+GRAPH_FILE = "model.onnx"
 METADATA_FILE = "export.json"
 MANIFEST = manifest.MANIFEST
+# What `vggsound-export --format` writes: an exported directory (vggsound-predict runs it) or one .onnx file.
+FORMATS = ("directory", "onnx")
+ONNX_SUFFIX = ".onnx"
+# The metadata_props key of a standalone .onnx that holds export.json's content, as JSON.
+ONNX_METADATA_KEY = "vggsound_jax.export"
+# One name for the inference precision everywhere (vggsound-predict, vggsound-export, Tagger,
+# load_classifier); the default is fp32.
 PRECISIONS = ("fp32", "bf16")
+DEFAULT_PRECISION = "fp32"
 # The model config's compute dtype each precision stands for (load_model's `dtype`).
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-# OpenVINO's INFERENCE_PRECISION_HINT for each precision.
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 SAVING_SUFFIX = ".saving"
 REPLACED_SUFFIX = ".replaced"
-
-
-# openvino-telemetry declines in CI jobs, recognised by this variable (see import_openvino).
-_TELEMETRY_OFF_ENV = ("CI", "true")
-
-
-_IMPORT_LOCK = threading.Lock()
-
-
-def import_openvino() -> Any:
-  """The openvino module, imported with its usage telemetry off.
-
-  Importing openvino otherwise sends an event to Google Analytics (openvino-telemetry, on unless
-  the user ran `opt_in_out --opt_out`) from a forked process: a network call nobody asked for,
-  and a fork of a process that may run JAX (which warns of deadlocks). The telemetry decides
-  once, on import, and declines in CI jobs: hence the variable, set for the import only.
-  """
-  # Under a lock: a thread must not take the module from sys.modules while another is still
-  # importing it (half initialised), nor see the environment variable come and go.
-  with _IMPORT_LOCK:
-    if "openvino" in sys.modules:
-      return sys.modules["openvino"]
-    name, value = _TELEMETRY_OFF_ENV
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-      import openvino  # noqa: PLC0415
-
-      return openvino
-    finally:
-      if saved is None:
-        del os.environ[name]
-      else:
-        os.environ[name] = saved
 
 
 class ExportError(PathError):
@@ -80,6 +52,11 @@ class ExportError(PathError):
 
 class UnsupportedExportError(ExportError):
   """A model the exporter has no graph for (VGGish)."""
+
+
+def check_precision(precision: str) -> None:
+  if precision not in PRECISIONS:
+    raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
 
 
 def precision_of_dtype(dtype: str) -> str:
@@ -115,7 +92,7 @@ def read_metadata(directory: str | os.PathLike, *, verify: bool = True) -> dict[
   if not isinstance(metadata, dict) or not str(metadata.get("format", "")).startswith(FORMAT_FAMILY):
     raise ExportError(path, f"not an exported model (format {metadata.get('format')!r}, expected {EXPORT_FORMAT!r})")
   if metadata["format"] != EXPORT_FORMAT:
-    raise ExportError(path, f"format {metadata['format']!r} of another version (export it again)")
+    raise ExportError(path, f"format {metadata['format']!r} of another version (export it again with vggsound-export)")
   if verify:
     verify_manifest(directory)
   return metadata
@@ -169,41 +146,52 @@ def _place_in_cache(saving: Path, directory: Path) -> None:
   manifest.fsync_directory(directory.parent)
 
 
-def write_export(
-  model: Any,
-  metadata: dict[str, Any],
-  output: str | os.PathLike,
-  *,
-  precision: str = "fp32",
-  num_samples: int = CLIP_SAMPLES,
-  overwrite: bool = False,
-  cache: bool = False,
-) -> dict[str, Any]:
-  """Exports a loaded model (`model_dir.load_model`) with its model-directory `metadata` (plus
-  `source_model_hash`) to `output`. Returns the export's metadata.
+def export_metadata(model: Any, metadata: dict[str, Any], *, precision: str, num_samples: int) -> dict[str, Any]:
+  """export.json of a loaded model with its model-directory `metadata` (plus `source_model_hash`)."""
+  from vggsound_jax.serving.graph import OPSET  # noqa: PLC0415 - jax, only when exporting
 
-  With `cache`, `output` is a cache entry the caller found missing or damaged: what is there is
-  removed, and if a concurrent writer puts its (identical) export in place first, that one stays.
-  """
-  ov = import_openvino()
-  if precision not in PRECISIONS:
-    raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-  output = Path(os.path.abspath(output)) if cache else check_target(output, overwrite=overwrite)
-  from vggsound_jax.serving.graph import build_graph  # noqa: PLC0415 - jax, only when exporting
-
-  graph = build_graph(model, num_samples)
-  config = dict(metadata["model_config"])
-  exported = {
+  check_precision(precision)
+  return {
     "format": EXPORT_FORMAT,
     "class_names": list(metadata["class_names"]),
-    "model_config": config,
+    "model_config": dict(metadata["model_config"]),
     "precision": precision,
     "num_samples": int(num_samples),
     "embedding_dim": int(model.config.embedding_dim),
     "source_model_hash": metadata.get("source_model_hash"),
     "source": metadata.get("source", {}),
-    "versions": _versions(ov.__version__),
+    "onnx_opset": OPSET,
+    "versions": _versions(),
   }
+
+
+def _onnx_graph(model: Any, exported: dict[str, Any]) -> Any:
+  from vggsound_jax.serving.graph import build_graph  # noqa: PLC0415 - jax, only when exporting
+
+  return build_graph(model, exported["num_samples"], {ONNX_METADATA_KEY: json.dumps(exported)})
+
+
+def write_export(
+  model: Any,
+  metadata: dict[str, Any],
+  output: str | os.PathLike,
+  *,
+  precision: str = DEFAULT_PRECISION,
+  num_samples: int = CLIP_SAMPLES,
+  overwrite: bool = False,
+  cache: bool = False,
+) -> dict[str, Any]:
+  """Exports a loaded model (`model_dir.load_model`) with its model-directory `metadata` (plus
+  `source_model_hash`) to the directory `output`. Returns the export's metadata.
+
+  With `cache`, `output` is a cache entry the caller found missing or damaged: what is there is
+  removed, and if a concurrent writer puts its (identical) export in place first, that one stays.
+  """
+  import onnx  # noqa: PLC0415
+
+  exported = export_metadata(model, metadata, precision=precision, num_samples=num_samples)
+  output = Path(os.path.abspath(output)) if cache else check_target(output, overwrite=overwrite)
+  graph = _onnx_graph(model, exported)
   try:
     output.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -211,7 +199,7 @@ def write_export(
   saving = _sibling(output, SAVING_SUFFIX)
   try:
     saving.mkdir()
-    ov.save_model(graph, saving / GRAPH_FILE, compress_to_fp16=False)
+    onnx.save_model(graph, saving / GRAPH_FILE)
     (saving / METADATA_FILE).write_text(json.dumps(exported, indent=1) + "\n", encoding="utf-8")
     manifest.write_manifest(saving)
     if cache:
@@ -225,37 +213,115 @@ def write_export(
   return exported
 
 
-def _versions(openvino_version: str) -> dict[str, str]:
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+  """export.json's content as a standalone .onnx written by vggsound-export carries it."""
+  import onnx  # noqa: PLC0415
+
+  path = Path(path).absolute()
+  try:
+    model = onnx.load_model(path, load_external_data=False)
+  except FileNotFoundError:
+    raise ExportError(path, "no such file") from None
+  except Exception as e:  # protobuf's DecodeError and friends: the caller needs one line
+    raise ExportError(path, f"not a readable ONNX model ({type(e).__name__})") from None
+  props = {p.key: p.value for p in model.metadata_props}
+  try:
+    metadata = json.loads(props[ONNX_METADATA_KEY])
+  except (KeyError, ValueError):
+    raise ExportError(path, "not an ONNX export written by vggsound-jax (no vggsound_jax metadata)") from None
+  if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    raise ExportError(path, f"format {found!r} of another version (export it again with vggsound-export)")
+  return metadata
+
+
+def check_onnx_target(path: str | os.PathLike, *, overwrite: bool) -> Path:
+  """Raises ExportError unless a standalone export may write the file `path`: a new *.onnx, or
+  with `overwrite` one that vggsound-export wrote. Returns the absolute path."""
+  path = Path(os.path.abspath(path))
+  if path.suffix != ONNX_SUFFIX:
+    raise ExportError(path, f"an ONNX export is one file named *{ONNX_SUFFIX}")
+  if path.is_symlink():
+    raise ExportError(path, "is a symbolic link (refusing to replace it; give a new file)")
+  if not path.exists():
+    return path
+  if not overwrite:
+    raise ExportError(path, "already exists (pass --overwrite to replace an ONNX export)")
+  if not path.is_file():
+    raise ExportError(path, "is not a file (refusing to replace it)")
+  try:
+    read_onnx_metadata(path)
+  except ExportError:
+    raise ExportError(path, "is not an ONNX export written by vggsound-jax (refusing to replace it)") from None
+  return path
+
+
+def write_onnx(
+  model: Any,
+  metadata: dict[str, Any],
+  output: str | os.PathLike,
+  *,
+  precision: str = DEFAULT_PRECISION,
+  num_samples: int = CLIP_SAMPLES,
+  overwrite: bool = False,
+) -> dict[str, Any]:
+  """Exports a loaded model to one .onnx file, the export's metadata in its metadata_props
+  (written to a scratch sibling, then renamed over `output`). Returns the metadata."""
+  import onnx  # noqa: PLC0415
+
+  exported = export_metadata(model, metadata, precision=precision, num_samples=num_samples)
+  output = check_onnx_target(output, overwrite=overwrite)
+  graph = _onnx_graph(model, exported)
+  saving = _sibling(output, SAVING_SUFFIX)
+  try:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(graph, saving)
+    with open(saving, "rb+") as f:
+      os.fsync(f.fileno())
+    os.replace(saving, output)
+    manifest.fsync_directory(output.parent)
+  except OSError as e:
+    raise ExportError(output, f"cannot write the ONNX export ({e.strerror or e})") from None
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      saving.unlink()
+  return exported
+
+
+def _versions() -> dict[str, str]:
   from importlib.metadata import version  # noqa: PLC0415
 
-  return {"vggsound_jax": version("vggsound-jax"), "openvino": openvino_version, "python": platform.python_version()}
+  return {"vggsound_jax": version("vggsound-jax"), "onnx": version("onnx"), "python": platform.python_version()}
 
 
 def export_model(
   checkpoint: str | os.PathLike,
   output: str | os.PathLike,
   *,
-  precision: str = "fp32",
+  precision: str = DEFAULT_PRECISION,
   num_samples: int = CLIP_SAMPLES,
   overwrite: bool = False,
+  format: str = "directory",  # noqa: A002 - the flag's name
 ) -> dict[str, Any]:
   """Exports the model directory `checkpoint` (converted or trained) to `output` for clips of
-  `num_samples` samples. Returns the export's metadata (export.json)."""
-  import importlib.util  # noqa: PLC0415
-
+  `num_samples` samples: an exported directory (`format='directory'`) or one .onnx file
+  (`format='onnx'`). Returns the export's metadata (export.json)."""
   from vggsound_jax.model_dir import load_model  # noqa: PLC0415 - jax, only here
 
-  if importlib.util.find_spec("openvino") is None:
-    raise ExportError(output, "exporting needs openvino (pip install openvino)")
-  if precision not in PRECISIONS:
-    raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+  if format not in FORMATS:
+    raise ValueError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
+  check_precision(precision)
   check_num_samples(num_samples)
-  output = check_target(output, overwrite=overwrite)
+  if format == "onnx":
+    check_onnx_target(output, overwrite=overwrite)
+  else:
+    check_target(output, overwrite=overwrite)
   model, metadata = load_model(checkpoint)
   if model.config.arch != "resnet":
     raise UnsupportedExportError(checkpoint, f"a {model.config.arch} model: only ResNets can be exported")
   metadata = dict(metadata, source_model_hash=model_hash(checkpoint))
-  return write_export(model, metadata, output, precision=precision, num_samples=num_samples, overwrite=overwrite)
+  write = write_onnx if format == "onnx" else write_export
+  return write(model, metadata, output, precision=precision, num_samples=num_samples, overwrite=overwrite)
 
 
 def check_num_samples(num_samples: int) -> None:
