@@ -3,12 +3,14 @@
   python benchmarks/benchmark_inference.py            # the full table (about 10 minutes on 2 cores)
   python benchmarks/benchmark_inference.py --smoke    # tiny shapes, just shows that it runs
 
-Prints: model-only clips/s (JAX fp32 and bf16, the exported OpenVINO graph fp32 and bf16 (front
-end included), PyTorch eager fp32 NCHW, channels_last fp32 under torch.compile, channels_last +
-bf16 autocast; reduced precision with its top-1 agreement with fp32), the front end (jnp under jit
-vs scipy per clip), whole-process predict on wav files (scripts/predict.py with the auto backend
-and with --backend jax vs the original's way: scipy front end + eager PyTorch, batch 32), and the
-start-up of a process (imports, model load, first call, teardown). Implementations are timed
+Prints: model-only clips/s (JAX fp32 and bf16, the exported ONNX graph (front end included) in
+ONNX Runtime fp32 and in OpenVINO fp32 and bf16, PyTorch eager fp32 NCHW, channels_last fp32 under
+torch.compile, channels_last + bf16 autocast; each with its top-1 agreement with an fp32 run), the
+front end (jnp under jit vs scipy per clip), whole-process predict on wav files (scripts/predict.py:
+auto backend fp32, --precision bf16, an export made with --precision bf16, --backend jax; vs the
+original's way: scipy front end + eager PyTorch, batch 32; with top-1 agreement and the largest
+probability difference from the original's), and the start-up of a process (imports, model load,
+first call, teardown). The header names the CPU and whether it has bf16 arithmetic. Implementations are timed
 round-robin, one call (or process) of each per round, medians of the rounds: these machines are
 noisy, and ratios mean something only within one run.
 """
