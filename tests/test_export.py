@@ -214,6 +214,7 @@ def test_vggish_falls_back_to_jax(tmp_path, capsys):
     exported.export_model(directory, tmp_path / "out", num_samples=16000)
 
 
+@pytest.mark.slow
 def test_exported_model_runs_without_jax_tensorflow_or_telemetry(saved, tmp_path):
   directory, _ = saved["r18-avgpool"]
   exported.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
@@ -243,6 +244,7 @@ def _export_command(*args, cwd):
   )
 
 
+@pytest.mark.slow
 def test_export_command(saved, tmp_path):
   directory, _ = saved["r18-avgpool"]
   output = tmp_path / "out"
@@ -250,6 +252,13 @@ def test_export_command(saved, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "(directory): ResNet-18 avgpool, 5 classes, clips of 8000 samples, fp32" in result.stdout
   assert exported.read_metadata(output)["num_samples"] == NUM_SAMPLES
+  onnx_file = tmp_path / "tiny.onnx"
+  result = _export_command(
+    "--checkpoint", directory, "--output", onnx_file, "--format", "onnx", "--precision", "bf16", cwd=tmp_path
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "(onnx): ResNet-18 avgpool, 5 classes, clips of 160000 samples, bf16" in result.stdout
+  assert exported.read_onnx_metadata(onnx_file)["precision"] == "bf16"
 
   # Refused before any work: an existing output without --overwrite, or a directory it did not write.
   with pytest.raises(exported.ExportError, match="already exists"):
@@ -314,6 +323,7 @@ def test_onnx_format_is_one_standalone_file(saved, tmp_path):
     exported.export_model(directory, tmp_path / "model.bin", num_samples=NUM_SAMPLES, format="onnx")
 
 
+@pytest.mark.slow
 def test_onnx_graph_matches_the_original_pipeline(tmp_path):
   """A released-style PyTorch checkpoint, converted, exported to ONNX and run by ONNX Runtime on
   10 s clips, against the original's scipy front end and PyTorch network."""
