@@ -3,12 +3,14 @@
   python benchmarks/benchmark_inference.py            # the full table (about 10 minutes on 2 cores)
   python benchmarks/benchmark_inference.py --smoke    # tiny shapes, just shows that it runs
 
-Prints: model-only clips/s (JAX fp32 and bf16, the exported OpenVINO graph fp32 and bf16 (front
-end included), PyTorch eager fp32 NCHW, channels_last fp32 under torch.compile, channels_last +
-bf16 autocast; reduced precision with its top-1 agreement with fp32), the front end (jnp under jit
-vs scipy per clip), whole-process predict on wav files (scripts/predict.py with the auto backend
-and with --backend jax vs the original's way: scipy front end + eager PyTorch, batch 32), and the
-start-up of a process (imports, model load, first call, teardown). Implementations are timed
+Prints: model-only clips/s (JAX fp32 and bf16, the exported ONNX graph (front end included) in
+ONNX Runtime fp32 and in OpenVINO fp32 and bf16, PyTorch eager fp32 NCHW, channels_last fp32 under
+torch.compile, channels_last + bf16 autocast; each with its top-1 agreement with an fp32 run), the
+front end (jnp under jit vs scipy per clip), whole-process predict on wav files (scripts/predict.py:
+auto backend fp32, --precision bf16, an export made with --precision bf16, --backend jax; vs the
+original's way: scipy front end + eager PyTorch, batch 32; with top-1 agreement and the largest
+probability difference from the original's), and the start-up of a process (imports, model load,
+first call, teardown). The header names the CPU and whether it has bf16 arithmetic. Implementations are timed
 round-robin, one call (or process) of each per round, medians of the rounds: these machines are
 noisy, and ratios mean something only within one run.
 """
@@ -39,7 +41,7 @@ ORIGINAL_PREDICT = """
 import sys, time
 import numpy as np, soundfile as sf, scipy.signal, torch
 from vggsound_jax.testing import torch_reference
-ckpt, files = sys.argv[1], sys.argv[2:]
+ckpt, out, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 model = torch_reference.build_torch_model({depth}, {head!r}, width={width})
 state = torch.load(ckpt, map_location="cpu", weights_only=False)["model_state_dict"]
 torch_reference.load_release_state_dict(model, state)
@@ -52,19 +54,25 @@ def spectrogram(path):  # the original's front end, per clip
     _, _, s = scipy.signal.spectrogram(samples, rate, nperseg=512, noverlap=353)
     s = np.log(s + 1e-7)
     return (s - np.mean(s)) / (np.std(s) + 1e-9)
+all_probs = []
 with torch.no_grad():
     for i in range(0, len(files), 32):
         x = np.stack([spectrogram(f) for f in files[i:i + 32]])[:, None]
         probs = torch.softmax(model(torch.from_numpy(x).float()), dim=1)
+        all_probs.append(probs.numpy())
         for f, p in zip(files[i:i + 32], probs.numpy()):
             print(f, int(p.argmax()), float(p.max()))
+if out != "-":
+    np.save(out, np.concatenate(all_probs))
 """
 
 
 def cpu_features():
   """Which of the vector extensions that decide fp32 and bf16 speed this CPU has."""
+  from vggsound_jax.serving.backends import BF16_CPU_FLAGS, CPUINFO
+
   try:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    lines = CPUINFO.read_text().splitlines()
     flags = set(next(line for line in lines if line.startswith("flags")).split())
   except (OSError, StopIteration):
     return "CPU flags unknown"
@@ -72,7 +80,7 @@ def cpu_features():
   return (
     "has "
     + (", ".join(f for f in wanted if f in flags) or "none of AVX2/AVX-512")
-    + ("; no bf16 arithmetic" if not flags & {"avx512_bf16", "amx_bf16"} else "")
+    + ("; no bf16 arithmetic" if not flags & set(BF16_CPU_FLAGS) else "; bf16 arithmetic")
   )
 
 
@@ -103,12 +111,15 @@ def interleaved_seconds(fns, rounds):
 def bench_model(cfg, rows):
   import jax
   import jax.numpy as jnp
+  import onnx
+  import onnxruntime
   import torch
   from flax import nnx
 
   from vggsound_jax.audio.spectrogram import log_spectrogram
   from vggsound_jax.conversion.resnet import flax_model_from_state_dict
-  from vggsound_jax.serving.export import OPENVINO_PRECISIONS, build_graph, import_openvino
+  from vggsound_jax.serving.backends import OPENVINO_PRECISIONS, import_openvino
+  from vggsound_jax.serving.graph import build_graph
   from vggsound_jax.testing import torch_reference
 
   core = import_openvino().Core()
@@ -134,8 +145,13 @@ def bench_model(cfg, rows):
         x = jnp.asarray(spec)
         fns[name] = lambda f=fwd, s=state, x=x: f(s, x).block_until_ready()
         outputs[name] = lambda f=fwd, s=state, x=x: np.asarray(f(s, x))
-      graph = build_graph(flax_fp32, cfg["clip"])
+      onnx_path = Path(cfg["tmp"]) / f"r18_{head}.onnx"
+      onnx.save_model(build_graph(flax_fp32, cfg["clip"]), onnx_path)
+      graph = core.read_model(onnx_path)
       graph.reshape({0: [batch, cfg["clip"]]})
+      session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+      fns["onnxruntime fp32 (with front end)"] = lambda s=session: s.run(None, {"audio": audio})
+      outputs["onnxruntime fp32 (with front end)"] = lambda s=session: s.run(None, {"audio": audio})[0]
       for precision in ("fp32", "bf16"):
         compiled_graph = core.compile_model(
           graph, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
@@ -165,7 +181,11 @@ def bench_model(cfg, rows):
         outputs[name] = lambda m=m, x=x, bf16=bf16: torch_call(m, x, bf16).float().numpy()
       seconds = interleaved_seconds(fns, cfg["rounds"])
       top1 = {name: out().argmax(1) for name, out in outputs.items()}
-      fp32_of = {"jax bf16": "jax fp32", "torch cl+bf16": "torch eager fp32"}
+      fp32_of = {
+        "jax bf16": "jax fp32",
+        "torch cl+bf16": "torch eager fp32",
+        "onnxruntime fp32 (with front end)": "jax fp32",
+      }
       fp32_of[names["bf16"]] = names["fp32"]
       eager = seconds["torch eager fp32"]
       best_torch_fp32 = min(t for name, t in seconds.items() if name.startswith("torch") and "bf16" not in name)
@@ -253,23 +273,44 @@ def bench_predict(cfg, rows, startup_rows):
         raise RuntimeError(f"{cmd[:3]}... failed: {result.stderr[-2000:]}")
       return time.perf_counter() - start
 
-    predict = [sys.executable, str(REPO / "scripts/predict.py"), "--checkpoint", str(converted), "--top_k", "1"]
+    bf16_export = tmp / "bf16.export"
+    export = [sys.executable, str(REPO / "scripts/export.py"), "--checkpoint", str(converted), "--precision", "bf16"]
+    # 10 s clips, as vggsound-predict's default window (shorter files are tiled to it).
+    subprocess.run(export + ["--output", str(bf16_export)], check=True, env=env, capture_output=True)
+    predict = [sys.executable, str(REPO / "scripts/predict.py"), "--top_k", "1"]
+    on_model = predict + ["--checkpoint", str(converted)]
+    original = "original way (scipy + eager PyTorch, batch 32)"
     ways = {
-      "original way (scipy + eager PyTorch, batch 32)": [sys.executable, str(script), str(ckpt)] + files,
-      "vggsound-predict (auto backend, batch 8)": predict + ["--backend", "auto"] + files,
-      "vggsound-predict --backend jax (batch 8)": predict + ["--backend", "jax"] + files,
+      original: [sys.executable, str(script), str(ckpt), "-"] + files,
+      "vggsound-predict (auto: OpenVINO fp32, batch 8)": on_model + ["--backend", "auto"] + files,
+      "vggsound-predict --precision bf16 (auto, batch 8)": on_model + ["--precision", "bf16"] + files,
+      "vggsound-predict on a `vggsound-export --precision bf16` directory": predict
+      + ["--checkpoint", str(bf16_export)]
+      + files,
+      "vggsound-predict --backend jax (batch 8)": on_model + ["--backend", "jax"] + files,
     }
-    first = {name: run(cmd) for name, cmd in list(ways.items())[1:]}
+    # The first run of each (empty caches: the auto backend exports, JAX compiles) also keeps its
+    # probabilities, for the agreement with the original's.
+    first, probs = {}, {}
+    for i, (name, cmd) in enumerate(ways.items()):
+      out = tmp / f"probs{i}.npy" if name == original else tmp / f"probs{i}.npz"
+      cmd = cmd[:3] + [str(out)] + cmd[4:] if name == original else cmd[: -len(files)] + ["--output", str(out)] + files
+      first[name] = run(cmd)
+      probs[name] = np.load(out) if name == original else np.load(out)["probs"]
     times = {name: [] for name in ways}
     for _ in range(cfg["rounds"]):
       for name, cmd in ways.items():
         times[name].append(run(cmd))
     n = len(files)
-    original = statistics.median(times[next(iter(ways))])
+    base = statistics.median(times[original])
+    want = probs[original]
     for name, t in times.items():
-      rows.append([name, n, statistics.median(t), original / statistics.median(t)])
+      agreement = f"{int(np.sum(probs[name].argmax(1) == want.argmax(1)))} of {n}"
+      diff = f"{np.abs(probs[name] - want).max():.1e}"
+      rows.append([name, n, statistics.median(t), base / statistics.median(t), agreement, diff])
     for name, t in first.items():
-      rows.append([f"{name}, first run (exports or compiles)", n, t, original / t])
+      if name != original:
+        rows.append([f"{name}, first run (exports or compiles)", n, t, base / t, "", ""])
 
     startup = tmp / "startup.py"
     # 10 s windows, as vggsound-predict's default: the auto backend finds the export it made.
@@ -310,6 +351,8 @@ def main(argv):
     "predict_files": _PREDICT_FILES.value,
     "frontend_batch": 32,
   }
+  scratch = tempfile.TemporaryDirectory()  # removed at exit
+  cfg["tmp"] = scratch.name
   if _SMOKE.value:
     cfg.update(
       width=4, clip=16000, repeats=1, rounds=1, batch_sizes=[2], torch_compile=False, predict_files=4, frontend_batch=4
@@ -343,7 +386,7 @@ def main(argv):
     print_table(
       f"Whole-process predict, {clip} in wav files (wall seconds with start-up, each a fresh process; "
       f"medians of {cfg['rounds']} interleaved rounds)",
-      ["way", "files", "seconds", "x original"],
+      ["way", "files", "seconds", "x original", "top-1 agrees with the original", "max abs prob difference"],
       rows,
     )
     print_table(

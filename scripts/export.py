@@ -1,4 +1,4 @@
-"""Export a model directory to an OpenVINO graph: the same as `vggsound-export` (vggsound_jax/cli/export.py)."""
+"""Export a model directory to its ONNX graph: the same as `vggsound-export` (vggsound_jax/cli/export.py)."""
 
 from vggsound_jax.cli.export import run
 

@@ -1,5 +1,7 @@
-"""The exported OpenVINO graph and the runtime's backends, against JAX (`models.forward`) as the reference."""
+"""The exported ONNX graph (run by OpenVINO and by ONNX Runtime) and the runtime's backends, against
+JAX (`models.forward`) and the original pipeline as the references."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -7,13 +9,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import onnxruntime
 import pytest
 from flax import nnx
 
-from vggsound_jax.model_dir import save_model
+from vggsound_jax import manifest
+from vggsound_jax.model_dir import ModelCheckpointError, save_model
 from vggsound_jax.models import ModelConfig, forward
 from vggsound_jax.serving import backends as runtime
-from vggsound_jax.serving import export
+from vggsound_jax.serving import exported, graph
 from vggsound_jax.testing.random_model import random_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
@@ -64,11 +68,22 @@ def cache(tmp_path, monkeypatch):
   return tmp_path / "cache" / runtime.EXPORT_CACHE_SUBDIR
 
 
+def _onnxruntime(path, clips):
+  session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  return session.run(list(graph.OUTPUT_NAMES), {graph.INPUT_NAME: clips})
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_exported_graph_matches_jax(saved, tmp_path, name):
+  """One graph, two runtimes: the exported directory's model.onnx in OpenVINO (through the
+  backend) and in ONNX Runtime, both against models.forward."""
   directory, (want_probs, want_embeddings) = saved[name]
-  metadata = export.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
-  assert metadata["source_model_hash"] == export.model_hash(directory)
+  metadata = exported.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
+  assert metadata["source_model_hash"] == exported.model_hash(directory)
+  for batch in (CLIPS, CLIPS[:1]):  # the batch is dynamic
+    got_probs, got_embeddings = _onnxruntime(tmp_path / "exported" / exported.GRAPH_FILE, batch)
+    np.testing.assert_allclose(got_probs, want_probs[: len(batch)], atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(got_embeddings, want_embeddings[: len(batch)], atol=FP32_TOLERANCE, rtol=0)
   classifier, loaded = runtime.load_classifier(tmp_path / "exported", batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert (classifier.backend, classifier.batch_size, classifier.num_samples) == ("openvino", BATCH, NUM_SAMPLES)
   assert loaded["class_names"] == list(NAMES) and loaded["precision"] == "fp32"
@@ -80,11 +95,12 @@ def test_exported_graph_matches_jax(saved, tmp_path, name):
   assert np.ptp(want_probs, axis=0).max() > 5 * FP32_TOLERANCE  # the clips tell apart: the comparison means something
 
 
-def test_bf16_export_reports_agreement_with_fp32(saved, tmp_path):
+def test_bf16_export_reports_agreement_with_fp32(saved, tmp_path, monkeypatch):
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # whatever this CPU has: OpenVINO takes the hint
   directory, _ = saved["r18-vlad"]
-  export.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
+  exported.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
   bf16, metadata = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)
-  fp32, _ = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES, dtype="float32")
+  fp32, _ = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES, precision="fp32")
   assert metadata["precision"] == bf16.precision == "bf16" and fp32.precision == "fp32"
   clips = _clips(4, seed=1)
   probs, _ = bf16(clips)
@@ -99,13 +115,13 @@ def test_auto_exports_once_into_the_cache_and_reuses_it(saved, cache, monkeypatc
   assert classifier.backend == "openvino" and metadata["class_names"] == list(NAMES)
   (entry,) = cache.iterdir()  # one complete entry, no scratch directory left behind
   assert sorted(p.name for p in entry.iterdir()) == sorted(
-    [export.GRAPH_FILE, export.WEIGHTS_FILE, export.METADATA_FILE, export.MANIFEST]
+    [exported.GRAPH_FILE, exported.METADATA_FILE, exported.MANIFEST]
   )
 
   def no_export(*args, **kwargs):
     raise AssertionError("exported again")
 
-  monkeypatch.setattr(export, "write_export", no_export)
+  monkeypatch.setattr(exported, "write_export", no_export)
   again, _ = runtime.load_classifier(directory, batch_size=2, num_samples=NUM_SAMPLES)
   np.testing.assert_allclose(again(CLIPS[:2])[0], want_probs[:2], atol=FP32_TOLERANCE, rtol=0)
   # Another clip length is another entry.
@@ -119,10 +135,10 @@ def test_damaged_cache_entry_is_exported_again(saved, cache):
   directory, _ = saved["r18-avgpool"]
   runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
   (entry,) = cache.iterdir()
-  (entry / export.WEIGHTS_FILE).write_bytes(b"truncated")
+  (entry / exported.GRAPH_FILE).write_bytes(b"truncated")
   classifier, _ = runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert classifier.backend == "openvino"
-  export.verify_manifest(entry)
+  exported.verify_manifest(entry)
   assert [p.name for p in cache.iterdir()] == [entry.name]
 
 
@@ -143,7 +159,7 @@ def test_concurrent_loads_share_one_complete_entry(saved, cache):
     t.join()
   assert not errors and results == ["openvino"] * 3
   (entry,) = cache.iterdir()
-  export.verify_manifest(entry)
+  exported.verify_manifest(entry)
 
 
 def test_forced_and_fallback_backends(saved, tmp_path, monkeypatch, capsys):
@@ -165,12 +181,12 @@ def test_forced_and_fallback_backends(saved, tmp_path, monkeypatch, capsys):
   with pytest.raises(runtime.BackendError, match="unknown backend 'tpu'"):
     runtime.load_classifier(directory, backend="tpu")
 
-  exported = tmp_path / "exported"
-  export.export_model(directory, exported, num_samples=NUM_SAMPLES)
+  output = tmp_path / "exported"
+  exported.export_model(directory, output, num_samples=NUM_SAMPLES)
   with pytest.raises(runtime.BackendError, match="runs on openvino only"):
-    runtime.load_classifier(exported, backend="jax", num_samples=NUM_SAMPLES)
+    runtime.load_classifier(output, backend="jax", num_samples=NUM_SAMPLES)
   with pytest.raises(runtime.BackendError, match="exported for clips of 8000 samples, not 16000"):
-    runtime.load_classifier(exported, num_samples=16000)
+    runtime.load_classifier(output, num_samples=16000)
 
   # On an accelerator, auto runs JAX.
   monkeypatch.setattr(runtime, "jax_on_cpu_only", lambda: False)
@@ -194,13 +210,14 @@ def test_vggish_falls_back_to_jax(tmp_path, capsys):
   np.testing.assert_allclose(classifier(clips)[0], np.asarray(jax.jit(forward)(model, clips)[0]), atol=1e-6)
   with pytest.raises(runtime.BackendError, match="vggish model cannot be exported"):
     runtime.load_classifier(directory, backend="openvino", num_samples=16000)
-  with pytest.raises(export.UnsupportedExportError):
-    export.export_model(directory, tmp_path / "out", num_samples=16000)
+  with pytest.raises(exported.UnsupportedExportError):
+    exported.export_model(directory, tmp_path / "out", num_samples=16000)
 
 
+@pytest.mark.slow
 def test_exported_model_runs_without_jax_tensorflow_or_telemetry(saved, tmp_path):
   directory, _ = saved["r18-avgpool"]
-  export.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
+  exported.export_model(directory, tmp_path / "exported", num_samples=NUM_SAMPLES)
   code = (
     "import os, sys, numpy as np\n"
     "forks = []\n"
@@ -227,20 +244,28 @@ def _export_command(*args, cwd):
   )
 
 
+@pytest.mark.slow
 def test_export_command(saved, tmp_path):
   directory, _ = saved["r18-avgpool"]
   output = tmp_path / "out"
   result = _export_command("--checkpoint", directory, "--output", output, "--num_samples", NUM_SAMPLES, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "ResNet-18 avgpool, 5 classes, clips of 8000 samples, fp32" in result.stdout
-  assert export.read_metadata(output)["num_samples"] == NUM_SAMPLES
+  assert "(directory): ResNet-18 avgpool, 5 classes, clips of 8000 samples, fp32" in result.stdout
+  assert exported.read_metadata(output)["num_samples"] == NUM_SAMPLES
+  onnx_file = tmp_path / "tiny.onnx"
+  result = _export_command(
+    "--checkpoint", directory, "--output", onnx_file, "--format", "onnx", "--precision", "bf16", cwd=tmp_path
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "(onnx): ResNet-18 avgpool, 5 classes, clips of 160000 samples, bf16" in result.stdout
+  assert exported.read_onnx_metadata(onnx_file)["precision"] == "bf16"
 
   # Refused before any work: an existing output without --overwrite, or a directory it did not write.
-  with pytest.raises(export.ExportError, match="already exists"):
-    export.export_model(directory, output, num_samples=NUM_SAMPLES)
+  with pytest.raises(exported.ExportError, match="already exists"):
+    exported.export_model(directory, output, num_samples=NUM_SAMPLES)
   (output / "notes.txt").write_text("mine")
-  with pytest.raises(export.ExportError, match="notes.txt: was not written by vggsound-jax"):
-    export.export_model(directory, output, num_samples=NUM_SAMPLES, overwrite=True)
+  with pytest.raises(exported.ExportError, match="notes.txt: was not written by vggsound-jax"):
+    exported.export_model(directory, output, num_samples=NUM_SAMPLES, overwrite=True)
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "data.txt").write_text("keep me")
@@ -259,3 +284,145 @@ def test_export_command(saved, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
   assert (foreign / "data.txt").read_text() == "keep me"
   assert not (tmp_path / "new").exists()
+
+
+def test_graph_refuses_a_module_it_does_not_know():
+  vggish = random_model(ModelConfig(arch="vggish", width=4, fc_width=32, num_classes=5))
+  with pytest.raises(exported.UnsupportedExportError, match="a model the exporter has no graph for"):
+    graph.build_graph(vggish, NUM_SAMPLES)
+
+  class Unknown(nnx.Module):
+    pass
+
+  model = _model(CONFIGS["r18-avgpool"])
+  model.layer2 = nnx.List([Unknown()])
+  with pytest.raises(exported.UnsupportedExportError, match="^Unknown: a block the exporter has no graph for"):
+    graph.build_graph(model, NUM_SAMPLES)
+
+
+def test_onnx_format_is_one_standalone_file(saved, tmp_path):
+  directory, (want_probs, want_embeddings) = saved["r18-vlad"]
+  output = tmp_path / "model.onnx"
+  metadata = exported.export_model(directory, output, num_samples=NUM_SAMPLES, format="onnx")
+  assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no scratch file left
+  assert exported.read_onnx_metadata(output) == metadata
+  assert metadata["class_names"] == list(NAMES) and metadata["num_samples"] == NUM_SAMPLES
+  got_probs, got_embeddings = _onnxruntime(output, CLIPS)
+  np.testing.assert_allclose(got_probs, want_probs, atol=FP32_TOLERANCE, rtol=0)
+  np.testing.assert_allclose(got_embeddings, want_embeddings, atol=FP32_TOLERANCE, rtol=0)
+
+  with pytest.raises(exported.ExportError, match="already exists"):
+    exported.export_model(directory, output, num_samples=NUM_SAMPLES, format="onnx")
+  exported.export_model(directory, output, num_samples=NUM_SAMPLES, format="onnx", overwrite=True)
+  foreign = tmp_path / "other.onnx"
+  foreign.write_bytes(b"someone else's model")
+  with pytest.raises(exported.ExportError, match="not an ONNX export written by vggsound-jax"):
+    exported.export_model(directory, foreign, num_samples=NUM_SAMPLES, format="onnx", overwrite=True)
+  assert foreign.read_bytes() == b"someone else's model"
+  with pytest.raises(exported.ExportError, match=r"one file named \*\.onnx"):
+    exported.export_model(directory, tmp_path / "model.bin", num_samples=NUM_SAMPLES, format="onnx")
+
+
+@pytest.mark.slow
+def test_onnx_graph_matches_the_original_pipeline(tmp_path):
+  """A released-style PyTorch checkpoint, converted, exported to ONNX and run by ONNX Runtime on
+  10 s clips, against the original's scipy front end and PyTorch network."""
+  import torch
+
+  from vggsound_jax.conversion import convert
+  from vggsound_jax.testing import torch_reference
+
+  torch_model = torch_reference.randomize_(torch_reference.build_torch_model(18, "avgpool", width=4), seed=5).eval()
+  with torch.no_grad():  # logits of order 1: probabilities that differ between clips, not one-hot
+    next(p for name, p in torch_model.named_parameters() if name.endswith("fc.weight")).mul_(0.01)
+  torch_reference.save_release_style(torch_model, tmp_path / "tiny.pth.tar", legacy=False)
+  convert(tmp_path / "tiny.pth.tar", tmp_path / "model")
+  exported.export_model(tmp_path / "model", tmp_path / "tiny.onnx", format="onnx")
+  rng = np.random.default_rng(4)
+  t = np.arange(160000) / 16000
+  clips = (8000 * np.sin(2 * np.pi * rng.uniform(100, 4000, (2, 1)) * t) + rng.normal(0, 300, (2, t.size))).astype(
+    np.int16
+  )
+  want = torch_reference.original_probs(torch_model, list(clips))
+  got, _ = _onnxruntime(tmp_path / "tiny.onnx", clips)
+  np.testing.assert_allclose(got, want, atol=FP32_TOLERANCE, rtol=0)
+  assert np.ptp(want, axis=0).max() > 5 * FP32_TOLERANCE
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_runs_fp32(saved, tmp_path, monkeypatch, capsys):
+  directory, _ = saved["r18-avgpool"]
+  exported.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+  for path, backend in ((tmp_path / "bf16", "auto"), (directory, "openvino"), (directory, "jax")):
+    classifier, _ = runtime.load_classifier(
+      path, backend=backend, batch_size=BATCH, num_samples=NUM_SAMPLES, precision=None if backend == "auto" else "bf16"
+    )
+    assert classifier.precision == "fp32", backend
+    assert capsys.readouterr().err == "note: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): running fp32\n"
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+  assert runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)[0].precision == "bf16"
+  assert capsys.readouterr().err == ""
+
+
+def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
+  cpuinfo = tmp_path / "cpuinfo"
+  monkeypatch.setattr(runtime, "CPUINFO", cpuinfo)
+  for text, want in [
+    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", False),
+    ("flags\t\t: fpu avx512f avx512_bf16\n", True),
+    ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm
+    ("processor\t: 0\n", None),
+  ]:
+    cpuinfo.write_text(text)
+    assert runtime.cpu_has_bf16() is want, text
+  cpuinfo.unlink()
+  assert runtime.cpu_has_bf16() is None
+
+
+def _flip_a_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))  # same size; the mtime moves
+
+
+def test_a_model_directory_damaged_after_its_export_is_an_error(saved, tmp_path, cache, monkeypatch):
+  directory = save_model(tmp_path / "model", _model(CONFIGS["r18-avgpool"]), class_names=NAMES)
+  runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)  # exports into the cache
+
+  # Unchanged: the cached export runs without hashing the arrays again.
+  verify = manifest.verify
+
+  def no_hashing(path, *args, **kwargs):
+    assert Path(path) != directory, "the model directory was hashed again"
+    return verify(path, *args, **kwargs)
+
+  monkeypatch.setattr(manifest, "verify", no_hashing)
+  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "openvino"
+  monkeypatch.undo()
+  monkeypatch.setenv(runtime.CACHE_ENV, str(cache.parent))
+
+  # Touched but intact: hashed once, then recorded again.
+  array = max(
+    (directory / n for n in manifest.files(directory) if n.startswith("state/")), key=lambda p: p.stat().st_size
+  )
+  array.touch()
+  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "openvino"
+
+  _flip_a_byte(array)
+  for backend in ("auto", "openvino"):
+    with pytest.raises(runtime.ModelDirectoryError, match=r"damaged: its sha256 differs from SHA256SUMS") as e:
+      runtime.load_classifier(directory, backend=backend, batch_size=BATCH, num_samples=NUM_SAMPLES)
+    assert e.value.path == str(array)
+  with pytest.raises(ModelCheckpointError, match="damaged"):  # as the JAX backend says it
+    runtime.load_classifier(directory, backend="jax", batch_size=BATCH, num_samples=NUM_SAMPLES)
+
+
+def test_an_export_of_an_earlier_format_is_refused(saved, tmp_path):
+  directory, _ = saved["r18-avgpool"]
+  output = tmp_path / "old"
+  exported.export_model(directory, output, num_samples=NUM_SAMPLES)
+  metadata = json.loads((output / exported.METADATA_FILE).read_text())
+  (output / exported.METADATA_FILE).write_text(json.dumps(dict(metadata, format="vggsound_jax.export/1")))
+  manifest.write_manifest(output)
+  with pytest.raises(exported.ExportError, match=r"export.json: format 'vggsound_jax.export/1' of another version"):
+    runtime.load_classifier(output, num_samples=NUM_SAMPLES)

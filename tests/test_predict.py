@@ -5,6 +5,7 @@ non-finite outputs and a killed run each give one line per problem and lose no r
 import csv
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -355,3 +356,34 @@ def test_bad_checkpoint_directory_is_one_line_error(tmp_path):
   assert result.returncode != 0
   assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr
   assert result.stderr.count("\n") == 1  # and no library log lines
+
+
+# Runs the command as on a CPU without bf16 arithmetic.
+_NO_BF16_RUN = """
+from vggsound_jax.serving import backends
+backends.cpu_has_bf16 = lambda: False
+from vggsound_jax.cli.predict import run
+run()
+"""
+
+
+@pytest.mark.slow
+def test_bf16_without_bf16_arithmetic_and_a_model_damaged_after_its_export(tiny, tmp_path):
+  model, tmp, good = tiny
+  directory = shutil.copytree(tmp / "model", tmp_path / "model")
+  out = tmp_path / "preds.npz"
+  result = _predict(directory, "--precision", "bf16", "--output", out, good[0], code=_NO_BF16_RUN)
+  assert result.returncode == 0, _text(result.stderr)
+  assert "note: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): running fp32\n" in _text(result.stderr)
+  np.testing.assert_allclose(np.load(out)["probs"], _original_probs(model, good[:1]), atol=1e-4)  # fp32 ran
+
+  # The arrays change after the export was cached (the manifest does not): an error, not the old export.
+  array = max((p for p in (directory / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(array.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  array.write_bytes(bytes(data))
+  for backend in ("auto", "jax"):
+    result = _predict(directory, "--backend", backend, good[0])
+    lines = _text(result.stderr).strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, _text(result.stderr)
+    assert lines[0].startswith(f"error: {array}: damaged: its sha256 differs from SHA256SUMS"), lines

@@ -26,7 +26,8 @@ LIBRARY_MODULES = [
   "vggsound_jax.serving.tagger",
   "vggsound_jax.serving.prediction_files",
   "vggsound_jax.serving.backends",
-  "vggsound_jax.serving.export",
+  "vggsound_jax.serving.exported",
+  "vggsound_jax.serving.graph",
   "vggsound_jax.audio.ffmpeg_compat",
 ]
 # Each command defines its absl flags on import, so each gets a process of its own.

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from vggsound_jax.audio.spectrogram import NPERSEG, TUKEY_ALPHA, WINDOW, log_spectrogram, num_frames, periodic_tukey
+from vggsound_jax.audio.spectrogram import log_spectrogram
+from vggsound_jax.audio.stft import NPERSEG, TUKEY_ALPHA, WINDOW, num_frames, periodic_tukey
 
 FS = 16000
 N = 160000  # 10 s

@@ -12,21 +12,9 @@ import numpy as np
 
 from vggsound_jax.audio.decode import INT16_SCALE
 
-# The framing is defined once, in stft.py (numpy only, for the host side too); importable from here as before.
-from vggsound_jax.audio.stft import (  # noqa: F401 - re-exported
-  HOP,
-  LOG_EPS,
-  NOVERLAP,
-  NPERSEG,
-  NUM_FREQ_BINS,
-  POWER_TO_LOG_SCALE,
-  TUKEY_ALPHA,
-  WINDOW,
-  num_frames,
-  periodic_tukey,
-)
+# The framing is defined once, in stft.py (numpy only, for the host side too).
+from vggsound_jax.audio.stft import HOP, NPERSEG, POWER_TO_LOG_SCALE, WINDOW, num_frames
 
-_POWER_TO_LOG_SCALE = POWER_TO_LOG_SCALE  # the name export.py reads
 STD_EPS = 1e-9
 
 
@@ -67,7 +55,7 @@ def log_spectrogram(waveform: jnp.ndarray) -> jnp.ndarray:
   frames = frames - _frame_means(x, starts)[..., None]  # detrend='constant'
   spectrum = jnp.fft.rfft(frames * WINDOW.astype(np.float32), axis=-1)
   power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
-  log_power = jnp.log1p(power * _POWER_TO_LOG_SCALE)  # log(S + eps) - log(eps)
+  log_power = jnp.log1p(power * POWER_TO_LOG_SCALE)  # log(S + eps) - log(eps)
   log_power = jnp.swapaxes(log_power, -1, -2)  # (..., 257, F)
 
   mean = jnp.mean(log_power, axis=(-2, -1), keepdims=True)

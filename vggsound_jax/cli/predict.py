@@ -1,6 +1,7 @@
 """vggsound-predict: tag audio or video files of any length with a converted, trained or exported model.
 
   vggsound-predict --checkpoint DIR [--top_k 5] [--window 10] [--hop 10] [--backend auto]
+                   [--precision fp32|bf16]
                    [--output preds.{npz,csv,jsonl}] [--plot DIR [--plot_classes 10]] FILE...
 
 Prints the top-k classes of every file: of its one window for a clip of up to 10 s (exactly the
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 from absl import app, flags
 
 from vggsound_jax.cli import common
+from vggsound_jax.serving import exported
 
 if TYPE_CHECKING:
   from vggsound_jax.serving.prediction_files import _Arrays, _Rows
@@ -53,7 +55,13 @@ _HOP = flags.DEFINE_float("hop", None, "Seconds from one window to the next (def
 _BACKEND = flags.DEFINE_string(
   "backend", "auto", "Inference backend: auto (the fastest available on this machine), jax, openvino."
 )
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the model's).")
+_PRECISION = flags.DEFINE_enum(
+  "precision",
+  None,
+  list(exported.PRECISIONS),
+  "Inference precision (default: the model's, or the export's): bf16 is the fast path on a CPU with bf16 "
+  "arithmetic (AVX-512 BF16 or AMX); on one without, it runs fp32 and says so.",
+)
 _PLOT = flags.DEFINE_string(
   "plot",
   None,
@@ -132,7 +140,7 @@ def _tag(files: Sequence[str], writer: _Rows | _Arrays | None, pictures: Sequenc
     batch_size=_BATCH_SIZE.value,
     window=_WINDOW.value,
     hop=_HOP.value,
-    dtype=_DTYPE.value,
+    precision=_PRECISION.value,
     decode_threads=_DECODE_THREADS.value,
     spectrogram=pictures is not None,
   )

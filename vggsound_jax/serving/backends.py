@@ -1,4 +1,4 @@
-"""One way to load a classifier, whichever backend runs it: JAX or an exported OpenVINO graph.
+"""One way to load a classifier, whichever backend runs it: JAX, or the exported ONNX graph run by OpenVINO.
 
   classifier, metadata = load_classifier("models/H")              # auto: the fastest here
   probs, embeddings = classifier(int16_clips)                      # (n, num_samples), n <= batch_size
@@ -6,26 +6,33 @@
 `path` is a model directory (vggsound-convert, training) or an exported one (vggsound-export).
 With backend='auto', a model directory on a CPU-only machine with openvino installed is
 exported once into a cache (`export_cache_dir()`, keyed by the model's manifest hash, clip
-length, precision and versions) and run by OpenVINO, which is faster there than XLA:CPU
-(docs/performance.md#cpu-backend); on a GPU or TPU, or for a model the exporter cannot
-handle (VGGish), JAX runs it. Loading and running an exported directory imports neither jax
-nor tensorflow.
+length and versions) and run by OpenVINO, which is faster there than XLA:CPU; OpenVINO keeps
+what it compiles in `compiled_cache_dir()`. On a GPU or TPU, or for a model the exporter cannot
+handle (VGGish), JAX runs it. Invariants: a cached export runs only while its model directory
+still matches its SHA256SUMS (re-hashed when a file's size or mtime changed), and loading and
+running an exported directory imports neither jax nor tensorflow.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import sys
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vggsound_jax import manifest
 from vggsound_jax.audio.decode import CLIP_SAMPLES
-from vggsound_jax.errors import UserError
-from vggsound_jax.serving import export
+from vggsound_jax.errors import PathError, UserError
+from vggsound_jax.serving import exported
 
 BACKENDS = ("auto", "jax", "openvino")
 # Environment variables: the JAX compilation cache's (compilation_cache.enable_compilation_cache), whose
@@ -33,6 +40,18 @@ BACKENDS = ("auto", "jax", "openvino")
 CACHE_ENV = "VGGSOUND_JAX_CACHE"
 JAX_PLATFORMS_ENV = "JAX_PLATFORMS"
 EXPORT_CACHE_SUBDIR = "exported"
+# Beside the exports: OpenVINO's compiled blobs (its CACHE_DIR), and what each model directory
+# looked like (file sizes and mtimes) when it was last checked against its manifest.
+COMPILED_CACHE_SUBDIR = "openvino"
+SOURCES_CACHE_SUBDIR = "sources"
+# OpenVINO's INFERENCE_PRECISION_HINT for each precision.
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# /proc/cpuinfo flags of bf16 arithmetic: x86 (AVX-512 BF16, AMX) and Arm ("Features": bf16).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+# openvino-telemetry declines in CI jobs, recognised by this variable (see import_openvino).
+_TELEMETRY_OFF_ENV = ("CI", "true")
+_IMPORT_LOCK = threading.Lock()
 # Distributions that give JAX a GPU or TPU: with none installed, JAX runs on the CPU (found
 # without importing jax, which costs a second).
 ACCELERATOR_PLUGINS = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-plugin", "jax-rocm7-plugin", "libtpu")
@@ -40,6 +59,10 @@ ACCELERATOR_PLUGINS = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-plu
 
 class BackendError(UserError, ValueError):
   """A backend that cannot run here or cannot run this model."""
+
+
+class ModelDirectoryError(PathError):
+  """A model directory that no longer matches its manifest (found before running its cached export)."""
 
 
 class NotExportableError(BackendError):
@@ -51,12 +74,72 @@ class NotExportableError(BackendError):
     self.metadata = metadata
 
 
+def import_openvino() -> Any:
+  """The openvino module, imported with its usage telemetry off.
+
+  Importing openvino otherwise sends an event to Google Analytics (openvino-telemetry, on unless
+  the user ran `opt_in_out --opt_out`) from a forked process: a network call nobody asked for,
+  and a fork of a process that may run JAX (which warns of deadlocks). The telemetry decides
+  once, on import, and declines in CI jobs: hence the variable, set for the import only.
+  """
+  # Under a lock: a thread must not take the module from sys.modules while another is still
+  # importing it (half initialised), nor see the environment variable come and go.
+  with _IMPORT_LOCK:
+    if "openvino" in sys.modules:
+      return sys.modules["openvino"]
+    name, value = _TELEMETRY_OFF_ENV
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+      import openvino  # noqa: PLC0415
+
+      return openvino
+    finally:
+      if saved is None:
+        del os.environ[name]
+      else:
+        os.environ[name] = saved
+
+
+def _cache_root() -> Path:
+  if os.environ.get(CACHE_ENV):
+    return Path(os.environ[CACHE_ENV])
+  return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vggsound_jax"
+
+
 def export_cache_dir() -> Path:
   """Where backend='auto' keeps its exports: `$VGGSOUND_JAX_CACHE/exported`, or
   `~/.cache/vggsound_jax/exported` (under XDG_CACHE_HOME if set)."""
-  if os.environ.get(CACHE_ENV):
-    return Path(os.environ[CACHE_ENV]) / EXPORT_CACHE_SUBDIR
-  return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vggsound_jax" / EXPORT_CACHE_SUBDIR
+  return _cache_root() / EXPORT_CACHE_SUBDIR
+
+
+def compiled_cache_dir() -> Path:
+  """OpenVINO's cache of compiled graphs (its CACHE_DIR), beside export_cache_dir()."""
+  return _cache_root() / COMPILED_CACHE_SUBDIR
+
+
+def cpu_has_bf16() -> bool | None:
+  """Whether this CPU does bf16 arithmetic (None where /proc/cpuinfo cannot tell)."""
+  try:
+    text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+  except OSError:
+    return None
+  flags = set()
+  for line in text.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() in ("flags", "Features"):
+      flags.update(value.split())
+  if not flags:
+    return None
+  return bool(flags & set(BF16_CPU_FLAGS))
+
+
+def _runnable_precision(precision: str) -> str:
+  """`precision` on this CPU: bf16 where the CPU has no bf16 arithmetic runs fp32, said in one line."""
+  if precision == "bf16" and cpu_has_bf16() is False:
+    print("note: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): running fp32", file=sys.stderr)
+    return "fp32"
+  return precision
 
 
 def openvino_version() -> str | None:
@@ -102,20 +185,23 @@ class OpenVINOClassifier:
   backend = "openvino"
 
   def __init__(self, directory: Path, metadata: dict[str, Any], *, batch_size: int, precision: str) -> None:
-    ov = export.import_openvino()
+    ov = import_openvino()
     self.batch_size = batch_size
     self.num_samples = int(metadata["num_samples"])
     self.embedding_dim = int(metadata["embedding_dim"])
     self.precision = precision
     core = ov.Core()
-    model = core.read_model(directory / export.GRAPH_FILE)
+    model = core.read_model(directory / exported.GRAPH_FILE)
     # A static shape: OpenVINO plans memory and picks kernels once for it.
     model.reshape({0: [batch_size, self.num_samples]})
-    compiled = core.compile_model(
-      model,
-      "CPU",
-      {"INFERENCE_PRECISION_HINT": export.OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"},
-    )
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    try:
+      compiled_cache_dir().mkdir(parents=True, exist_ok=True)
+      # OpenVINO keys its blobs by the graph, its shapes and this config: another graph compiles anew.
+      config["CACHE_DIR"] = str(compiled_cache_dir())
+    except OSError:
+      pass  # an unwritable cache only costs compiling every time
+    compiled = core.compile_model(model, "CPU", config)
     self._request = compiled.create_infer_request()
     self._padded = np.zeros((batch_size, self.num_samples), np.int16)
 
@@ -141,7 +227,7 @@ class JaxClassifier:
     self.batch_size = batch_size
     self.num_samples = num_samples
     self.embedding_dim = int(model.config.embedding_dim)
-    self.precision = export.precision_of_dtype(model.config.dtype)
+    self.precision = exported.precision_of_dtype(model.config.dtype)
     self._classifier = Classifier(model, batch_size)
 
   def __call__(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +239,7 @@ class JaxClassifier:
 
 
 def is_exported(path: str | os.PathLike) -> bool:
-  return (Path(path) / export.METADATA_FILE).is_file()
+  return (Path(path) / exported.METADATA_FILE).is_file()
 
 
 def load_classifier(
@@ -162,7 +248,7 @@ def load_classifier(
   backend: str = "auto",
   batch_size: int = 8,
   num_samples: int = CLIP_SAMPLES,
-  dtype: str | None = None,
+  precision: str | None = None,
 ) -> tuple[OpenVINOClassifier | JaxClassifier, dict[str, Any]]:
   """A classifier of int16 clips (n, num_samples), n <= batch_size, and the model's metadata
   (`class_names`, `model_config`, ...).
@@ -172,16 +258,19 @@ def load_classifier(
     backend: 'auto' (see the module doc), 'jax' (model directories only) or 'openvino'.
     batch_size: clips per call; smaller batches are padded.
     num_samples: samples per clip; an exported directory must have been exported for it.
-    dtype: compute dtype, 'float32' or 'bfloat16'; default: the model's (or the export's).
+    precision: 'fp32' or 'bf16'; default: the model's (or the export's). On a CPU without bf16
+      arithmetic, bf16 runs as fp32 (with a one-line note on stderr).
 
   Raises BackendError for a backend that is not installed or cannot run the model, and the
-  loaders' PathErrors (ModelCheckpointError, ExportError) for a bad directory; all one line.
+  loaders' PathErrors (ModelCheckpointError, ExportError, ModelDirectoryError) for a bad
+  directory; all one line.
   """
   if backend not in BACKENDS:
     raise BackendError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
   if batch_size < 1:
     raise ValueError(f"batch_size {batch_size}: at least 1")
-  precision = None if dtype is None else export.precision_of_dtype(dtype)
+  if precision is not None:
+    exported.check_precision(precision)
   path = Path(path).absolute()
   if is_exported(path):
     if backend == "jax":
@@ -189,20 +278,21 @@ def load_classifier(
     _require_openvino()
     return _load_exported(path, batch_size=batch_size, num_samples=num_samples, precision=precision)
   if backend == "jax":
-    return _load_jax(path, batch_size=batch_size, num_samples=num_samples, dtype=dtype)
+    return _load_jax(path, batch_size=batch_size, num_samples=num_samples, precision=precision)
   if backend == "openvino":
     _require_openvino()
     return _load_cached_export(path, batch_size=batch_size, num_samples=num_samples, precision=precision)
   # auto
   if openvino_version() is None or not jax_on_cpu_only():
-    return _load_jax(path, batch_size=batch_size, num_samples=num_samples, dtype=dtype)
+    return _load_jax(path, batch_size=batch_size, num_samples=num_samples, precision=precision)
   try:
     return _load_cached_export(path, batch_size=batch_size, num_samples=num_samples, precision=precision)
   except NotExportableError as e:
     print(f"note: running on JAX instead of OpenVINO: {e}", file=sys.stderr)
-    if dtype is None:  # the model it loaded serves as it is
+    wanted = _jax_precision(precision or exported.precision_of_dtype(e.model.config.dtype))
+    if wanted == exported.precision_of_dtype(e.model.config.dtype):  # the model it loaded serves as it is
       return JaxClassifier(e.model, batch_size=batch_size, num_samples=num_samples), e.metadata
-    return _load_jax(path, batch_size=batch_size, num_samples=num_samples, dtype=dtype)
+    return _load_jax(path, batch_size=batch_size, num_samples=num_samples, precision=wanted)
 
 
 def _require_openvino() -> None:
@@ -213,52 +303,115 @@ def _require_openvino() -> None:
 def _load_exported(
   path: Path, *, batch_size: int, num_samples: int, precision: str | None
 ) -> tuple[OpenVINOClassifier, dict[str, Any]]:
-  metadata = export.read_metadata(path)
+  metadata = exported.read_metadata(path)
   if int(metadata["num_samples"]) != num_samples:
     raise BackendError(
       f"{path}: exported for clips of {metadata['num_samples']} samples, not {num_samples} "
       "(export again with --num_samples)"
     )
-  classifier = OpenVINOClassifier(path, metadata, batch_size=batch_size, precision=precision or metadata["precision"])
+  runnable = _runnable_precision(precision or metadata["precision"])
+  classifier = OpenVINOClassifier(path, metadata, batch_size=batch_size, precision=runnable)
   return classifier, metadata
 
 
-def _load_jax(path: Path, *, batch_size: int, num_samples: int, dtype: str | None) -> tuple[JaxClassifier, dict]:
+def _jax_precision(precision: str) -> str:
+  """bf16 falls back to fp32 only where JAX runs on a CPU (accelerators have bf16)."""
+  return _runnable_precision(precision) if jax_on_cpu_only() else precision
+
+
+def _load_jax(path: Path, *, batch_size: int, num_samples: int, precision: str | None) -> tuple[JaxClassifier, dict]:
   from vggsound_jax.model_dir import load_model  # noqa: PLC0415
 
+  dtype = None if precision is None else exported.PRECISION_DTYPES[_jax_precision(precision)]
   model, metadata = load_model(path, dtype=dtype)
+  if precision is None:  # the model's own: a bf16 model on a CPU without bf16 runs fp32 (loaded again, rare)
+    runnable = exported.PRECISION_DTYPES[_jax_precision(exported.precision_of_dtype(model.config.dtype))]
+    if runnable != model.config.dtype:
+      model, metadata = load_model(path, dtype=runnable)
   return JaxClassifier(model, batch_size=batch_size, num_samples=num_samples), metadata
 
 
-def cache_key(path: Path, *, num_samples: int, precision: str | None) -> str:
-  """The name of a model directory's export in the cache: its content, clip length, precision,
-  and the versions of the export format and of openvino."""
-  import hashlib  # noqa: PLC0415
-
-  parts = [export.model_hash(path), str(num_samples), precision or "model", export.EXPORT_FORMAT, openvino_version()]
+def cache_key(path: Path, *, num_samples: int) -> str:
+  """The name of a model directory's export in the cache: its content, clip length, and the
+  versions of the export format and of the packages that write the graph. (The precision is
+  a compile-time hint: one export serves both.)"""
+  versions = []
+  for name in ("vggsound-jax", "onnx"):
+    try:
+      versions.append(importlib.metadata.version(name))
+    except importlib.metadata.PackageNotFoundError:
+      versions.append(None)
+  parts = [exported.model_hash(path), str(num_samples), exported.EXPORT_FORMAT, *versions]
   return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def _file_stats(directory: Path) -> dict[str, list[int]]:
+  """{name: [size, mtime_ns]} of every file under `directory`: what a change of content changes."""
+  stats = {}
+  for name in manifest.files(directory):
+    st = (directory / name).stat()
+    stats[name] = [st.st_size, st.st_mtime_ns]
+  return stats
+
+
+def check_model_directory(path: Path) -> None:
+  """Raises ModelDirectoryError naming the first file of the model directory `path` that differs
+  from its SHA256SUMS. Re-hashes only when a file's size or mtime differs from the last check
+  that passed (recorded under the cache's `sources`), so an unchanged directory costs a stat
+  per file. A directory without a manifest (an earlier format) is hashed whole by cache_key."""
+  if not (path / manifest.MANIFEST).is_file():
+    return
+  record = _cache_root() / SOURCES_CACHE_SUBDIR / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+  try:
+    stats = _file_stats(path)
+  except OSError as e:
+    raise ModelDirectoryError(path, f"unreadable ({e.strerror or e})") from None
+  expected = {"path": str(path), "model_hash": exported.model_hash(path), "files": stats}
+  try:
+    if json.loads(record.read_text(encoding="utf-8")) == expected:
+      return
+  except (OSError, ValueError):
+    pass  # no record yet, or a damaged one: check
+  manifest.verify(path, ModelDirectoryError, "model directory")
+  _write_record(record, expected)
+
+
+def _write_record(record: Path, content: dict[str, Any]) -> None:
+  """Atomically (scratch sibling, then rename); a cache that cannot be written only costs re-hashing."""
+  scratch = record.with_name(f".{record.name}.{uuid.uuid4().hex[:12]}")
+  try:
+    record.parent.mkdir(parents=True, exist_ok=True)
+    scratch.write_text(json.dumps(content), encoding="utf-8")
+    os.replace(scratch, record)
+  except OSError:
+    with contextlib.suppress(OSError):
+      scratch.unlink()
 
 
 def _load_cached_export(
   path: Path, *, batch_size: int, num_samples: int, precision: str | None
 ) -> tuple[OpenVINOClassifier, dict[str, Any]]:
   """Runs the model directory's export from the cache, exporting it there first if missing or
-  damaged. Concurrent runs may export at once: each writes its own scratch directory and the
-  renames replace one complete export with another of the same content."""
-  cached = export_cache_dir() / cache_key(path, num_samples=num_samples, precision=precision)
+  damaged; a model directory damaged since its export is an error. Concurrent runs may export
+  at once: each writes its own scratch directory and the renames replace one complete export
+  with another of the same content."""
+  cached = export_cache_dir() / cache_key(path, num_samples=num_samples)
+  if (cached / exported.METADATA_FILE).is_file():
+    check_model_directory(path)
   try:
     return _load_exported(cached, batch_size=batch_size, num_samples=num_samples, precision=precision)
-  except (export.ExportError, BackendError):
+  except (exported.ExportError, BackendError):
     pass  # missing or damaged: export it (again)
   from vggsound_jax.model_dir import load_model  # noqa: PLC0415
 
-  model, metadata = load_model(path)
+  model, metadata = load_model(path)  # checks the directory against its manifest
   if model.config.arch != "resnet":
     raise NotExportableError(
       f"{path}: a {model.config.arch} model cannot be exported (only ResNets); use --backend jax", model, metadata
     )
-  export.check_num_samples(num_samples)
-  metadata = dict(metadata, source_model_hash=export.model_hash(path))
-  model_precision = precision or export.precision_of_dtype(model.config.dtype)
-  export.write_export(model, metadata, cached, precision=model_precision, num_samples=num_samples, cache=True)
+  exported.check_num_samples(num_samples)
+  metadata = dict(metadata, source_model_hash=exported.model_hash(path))
+  model_precision = exported.precision_of_dtype(model.config.dtype)
+  exported.write_export(model, metadata, cached, precision=model_precision, num_samples=num_samples, cache=True)
+  check_model_directory(path)  # records what the directory looks like now (hashed once more)
   return _load_exported(cached, batch_size=batch_size, num_samples=num_samples, precision=precision)

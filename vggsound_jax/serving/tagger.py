@@ -176,7 +176,8 @@ class Tagger:
     backend: 'auto' (the fastest available on this machine), or one by name (`runtime.BACKENDS`).
     batch_size: windows per forward pass.
     window, hop: seconds; hop defaults to window.
-    dtype: compute dtype ('float32', 'bfloat16'); default: the model's.
+    precision: 'fp32' or 'bf16' (the fast path on a CPU with bf16 arithmetic); default: the model's
+      (or the export's). Where the CPU has no bf16 arithmetic, bf16 runs fp32, said in one line.
     decode_threads: files decoded in parallel.
     spectrogram: keep each recording's coarse spectrogram in its Tags, for `Tags.plot`.
   """
@@ -189,7 +190,7 @@ class Tagger:
     batch_size: int = 8,
     window: float = audio.CLIP_SECONDS,
     hop: float | None = None,
-    dtype: str | None = None,
+    precision: str | None = None,
     decode_threads: int | None = None,
     spectrogram: bool = False,
   ) -> None:
@@ -205,7 +206,7 @@ class Tagger:
     self.window, self.hop = round(window * audio.SAMPLE_RATE), round(hop * audio.SAMPLE_RATE)
     self.decode_threads = decode_threads or min(8, os.cpu_count() or 1)
     self.classifier, self.metadata = runtime.load_classifier(
-      model, backend=backend, batch_size=batch_size, num_samples=self.window, dtype=dtype
+      model, backend=backend, batch_size=batch_size, num_samples=self.window, precision=precision
     )
     self.class_names: list[str] = list(self.metadata.get("class_names") or [])
     self.batch_size = batch_size
