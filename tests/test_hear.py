@@ -3,15 +3,13 @@ embeddings against the Tagger's (itself checked against the PyTorch original) on
 
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from vggsound_jax import Tagger, hear
 from vggsound_jax.model_dir import save_model
 from vggsound_jax.models import ModelConfig
-from vggsound_jax.testing.random_model import random_model
+from vggsound_jax.testing.random_model import random_model, with_unit_statistics
 
 FS = 16000
 
@@ -19,10 +17,7 @@ FS = 16000
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp("hear") / "model"
-  model = random_model(ModelConfig(width=4, num_classes=3), seed=3, std=0.3)
-  for _, module in model.iter_modules():  # unit running statistics: activations neither vanish nor blow up
-    if isinstance(module, nnx.BatchNorm):
-      module.mean[...], module.var[...] = jnp.zeros_like(module.mean[...]), jnp.ones_like(module.var[...])
+  model = with_unit_statistics(random_model(ModelConfig(width=4, num_classes=3), seed=3, std=0.3))
   save_model(directory, model, class_names=["a", "b", "c"])
   return directory
 
@@ -84,6 +79,8 @@ def test_numpy_audio_follows_the_api(model):
 
 
 def test_jax_and_torch_audio_come_back_in_their_framework(model):
+  import jax.numpy as jnp
+
   torch = pytest.importorskip("torch")
   audio = _sounds(2, 1.0, seed=1)
   reference = hear.get_scene_embeddings(audio, model)
