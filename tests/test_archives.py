@@ -17,7 +17,8 @@ import soundfile as sf
 import tensorflow_datasets as tfds
 
 from vggsound_jax.audio import decode as audio
-from vggsound_jax.datasets import archives, vggsound
+from vggsound_jax.datasets import archives, clip_lists, vggsound
+from vggsound_jax.datasets import build as build_lib
 from vggsound_jax.labels import class_names
 from vggsound_jax.testing.media import write_mp4
 
@@ -179,7 +180,7 @@ def test_damage_costs_only_the_clips_it_damages_and_is_reported(built):
   assert skipped["cut_000006"]["reason"].startswith("damaged archive: truncated")
   assert skipped["cut_000006"]["path"].endswith(f"vggsound_01.tar.gz:{_clip('cut_000006')}")
   assert skipped["bad_000008"]["reason"].startswith("cannot decode")
-  assert skipped["lost_000007"]["reason"] == skipped["nowhere_000010"]["reason"] == vggsound.MISSING_FILE
+  assert skipped["lost_000007"]["reason"] == skipped["nowhere_000010"]["reason"] == build_lib.MISSING_FILE
   damaged = {Path(a["path"]).name: a["problems"] for a in report.archives if a["problems"]}
   assert list(damaged) == ["vggsound_01.tar.gz"]
   assert damaged["vggsound_01.tar.gz"] == [
@@ -260,7 +261,7 @@ def test_a_reader_process_that_dies_is_reported_not_waited_for():
 def test_plan_lists_archives_and_prefers_loose_files(manual, monkeypatch):
   manual_dir, _ = manual
   monkeypatch.setattr(archives, "decode_members", lambda *a: pytest.fail("decoded"))
-  plan = vggsound.plan_build(manual_dir, num_workers=1)
+  plan = clip_lists.plan_build(manual_dir, num_workers=1)
   where = {row.clip_id: path for split in plan.splits.values() for row, path in zip(split.rows, split.paths)}
   assert where["loose_000003"] == manual_dir / "loose_000003.wav"
   assert where["dup_000004"] == archives.ArchiveMember(manual_dir / "vggsound_00.tar.gz", _clip("dup_000004"))
@@ -269,9 +270,9 @@ def test_plan_lists_archives_and_prefers_loose_files(manual, monkeypatch):
   assert where["lost_000007"] is None and where["nowhere_000010"] is None
   archive_order = [Path(s.path).relative_to(manual_dir).as_posix() for s in plan.archives]
   assert archive_order == ["sub/vggsound_02.tar.gz", "vggsound_00.tar.gz", "vggsound_01.tar.gz"]  # path order
-  unlisted = vggsound.plan_build(manual_dir, list_archives=False)
+  unlisted = clip_lists.plan_build(manual_dir, list_archives=False)
   assert unlisted.archive_paths == plan.archive_paths and not unlisted.archives
-  assert vggsound.input_fingerprint(unlisted) == vggsound.input_fingerprint(plan)
+  assert clip_lists.input_fingerprint(unlisted) == clip_lists.input_fingerprint(plan)
 
 
 def test_member_decoding_reports_the_member_name(tmp_path):

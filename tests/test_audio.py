@@ -154,12 +154,12 @@ def test_non_finite_samples_are_a_bad_clip(tmp_path, subtype, value):
 
 
 def test_a_build_skips_and_counts_non_finite_clips(tmp_path):
-  from vggsound_jax.datasets.vggsound import _decode_job
+  from vggsound_jax.datasets.build import decode_clip
 
   x = np.zeros(FS, np.float32)
   x[5] = np.nan
   sf.write(tmp_path / "nan.wav", x, FS, subtype="FLOAT")
-  assert _decode_job(str(tmp_path / "nan.wav")) == (None, "non-finite samples")
+  assert decode_clip(str(tmp_path / "nan.wav")) == (None, "non-finite samples")
 
 
 def test_only_the_first_max_seconds_are_decoded(tmp_path):

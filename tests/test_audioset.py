@@ -9,7 +9,8 @@ import soundfile as sf
 import tensorflow_datasets as tfds
 
 from vggsound_jax.audio.decode import SAMPLE_RATE
-from vggsound_jax.datasets import audioset, vggsound
+from vggsound_jax.datasets import audioset, clip_lists
+from vggsound_jax.datasets import build as build_lib
 from vggsound_jax.labels import NUM_CLASSES, class_index, class_names
 
 INDEX = class_index()
@@ -97,7 +98,7 @@ def test_report_lists_what_was_left_out(built):
   data, report = built
   assert report.outside_common == {"balanced_train": 1, "unbalanced_train": 0}
   reasons = {s["clip_id"]: s["reason"] for s in report.skipped}
-  assert reasons["fffffffffff_0.000"] == vggsound.MISSING_FILE
+  assert reasons["fffffffffff_0.000"] == build_lib.MISSING_FILE
   assert "eeeeeeeeeee_0.000" in reasons
   stored = audioset.read_report(tfds.builder("audioset/common", data_dir=data).data_path)
   assert stored.outside_common == report.outside_common and len(stored.skipped) == 2
@@ -111,9 +112,9 @@ def test_a_malformed_row_names_file_and_line(tmp_path):
   _write_segments(tmp_path / "eval_segments.csv", [("aaaaaaaaaaa", 0, 10, [BARK])])
   with open(tmp_path / "eval_segments.csv", "a") as f:
     f.write('bbbbbbbbbbb, ten, 20.000, "/m/05tny_"\n')
-  with pytest.raises(vggsound.ClipListError, match=r"eval_segments\.csv:5: start 'ten'"):
+  with pytest.raises(clip_lists.ClipListError, match=r"eval_segments\.csv:5: start 'ten'"):
     audioset.plan_build(tmp_path)
-  with pytest.raises(vggsound.ManualDirError, match="none of balanced_train_segments.csv"):
+  with pytest.raises(build_lib.ManualDirError, match="none of balanced_train_segments.csv"):
     audioset.plan_build(tmp_path / "empty")
 
 

@@ -16,7 +16,8 @@ import soundfile as sf
 import tensorflow_datasets as tfds
 
 from vggsound_jax.audio.decode import SAMPLE_RATE
-from vggsound_jax.datasets import synthetic, vggsound
+from vggsound_jax.datasets import build as build_lib
+from vggsound_jax.datasets import clip_lists, synthetic, vggsound
 from vggsound_jax.errors import PathError
 from vggsound_jax.labels import class_names
 from vggsound_jax.testing.media import write_mp4
@@ -157,7 +158,7 @@ def test_stereo_44k_and_mp4_are_converted(built):
 
 def test_report_lists_every_skipped_clip_with_its_reason(built):
   data, report, _ = built
-  path = tfds.builder("vggsound/full", data_dir=data).data_path / vggsound.REPORT_NAME
+  path = tfds.builder("vggsound/full", data_dir=data).data_path / build_lib.REPORT_NAME
   on_disk = json.loads(Path(path).read_text())
   skipped = {(s["split"], s["clip_id"]): s for s in on_disk["skipped"]}
   assert set(skipped) == {
@@ -166,7 +167,7 @@ def test_report_lists_every_skipped_clip_with_its_reason(built):
     ("test", "ggg_000060"),
     ("astest", "ggg_000060"),
   }
-  assert skipped["train", "fff_000050"]["reason"] == vggsound.MISSING_FILE
+  assert skipped["train", "fff_000050"]["reason"] == build_lib.MISSING_FILE
   assert skipped["train", "fff_000050"]["path"] is None
   assert skipped["train", "hhh_000070"]["reason"] == "no audio samples"
   assert skipped["test", "ggg_000060"]["reason"].startswith("cannot decode")
@@ -215,16 +216,16 @@ def test_build_is_skipped_when_already_prepared(built):
 )
 def test_bad_csv_row_is_an_error_with_file_and_line(tmp_path, row, message):
   _write_csv(tmp_path / "vggsound.csv", [["ok", 1, LABEL_A, "train"], [], row])
-  with pytest.raises(vggsound.ClipListError) as e:
-    vggsound.read_clip_list(tmp_path / "vggsound.csv", NAMES)
+  with pytest.raises(clip_lists.ClipListError) as e:
+    clip_lists.read_clip_list(tmp_path / "vggsound.csv", NAMES)
   assert str(e.value).startswith(f"{tmp_path / 'vggsound.csv'}:3: {message}")
   assert "\n" not in str(e.value)
 
 
 def test_bad_common_list_names_the_line(tmp_path):
   (tmp_path / "Common.txt").write_text(f"{LABEL_A}\nnot a class\n")
-  with pytest.raises(vggsound.ClipListError, match=r"Common.txt:2: unknown label"):
-    vggsound.read_common(tmp_path / "Common.txt", NAMES)
+  with pytest.raises(clip_lists.ClipListError, match=r"Common.txt:2: unknown label"):
+    clip_lists.read_common(tmp_path / "Common.txt", NAMES)
 
 
 def test_bad_csv_stops_the_build_before_decoding(tmp_path, monkeypatch):
@@ -232,8 +233,8 @@ def test_bad_csv_stops_the_build_before_decoding(tmp_path, monkeypatch):
   _write(manual / "a_000001.wav", _signal(1.0))
   _write_csv(manual / "vggsound.csv", [["a", 1, LABEL_A, "train"], ["b", 2, "nope", "test"]])
   decoded = []
-  monkeypatch.setattr(vggsound, "_decode_job", lambda p: decoded.append(p))
-  with pytest.raises(vggsound.ClipListError, match=r"vggsound.csv:2: unknown label 'nope'"):
+  monkeypatch.setattr(build_lib, "decode_clip", lambda p: decoded.append(p))
+  with pytest.raises(clip_lists.ClipListError, match=r"vggsound.csv:2: unknown label 'nope'"):
     vggsound.build(tmp_path / "data", manual_dir=manual, num_workers=1)
   assert decoded == []
   assert not (tmp_path / "data" / "vggsound" / "full").exists()  # nothing left of the failed build
@@ -243,7 +244,7 @@ def test_no_matching_files_is_a_one_line_error(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()
   _write_csv(manual / "vggsound.csv", [["a", 1, LABEL_A, "train"]])
-  with pytest.raises(vggsound.ManualDirError, match="none of the clips") as e:
+  with pytest.raises(build_lib.ManualDirError, match="none of the clips") as e:
     vggsound.build(tmp_path / "data", manual_dir=manual, num_workers=1)
   assert "\n" not in str(e.value)
 
@@ -309,7 +310,7 @@ def test_done_when_four_good_clips_lossless_exact_two_bad_reported(tmp_path):
   report = vggsound.read_report(dataset_dir)
   assert {(s["clip_id"], s["reason"].split(":")[0]) for s in report.skipped} == {
     ("corrupt_000010", "cannot decode"),
-    ("nofile_000020", vggsound.MISSING_FILE),
+    ("nofile_000020", build_lib.MISSING_FILE),
   }
 
 
@@ -321,8 +322,8 @@ def test_plan_matches_clips_to_files_without_decoding(tmp_path, monkeypatch):
     [["a", 1, LABEL_A, "train"], ["b", 2, LABEL_B, "test"], ["c", 3, LABEL_A, "test"], ["a", 1, LABEL_A, "train"]],
   )
   _write_csv(tmp_path / "AStest.csv", [["c_000003.mp4", LABEL_A]])
-  monkeypatch.setattr(vggsound, "_decode_job", lambda p: pytest.fail("decoded"))
-  plan = vggsound.plan_build(tmp_path)
+  monkeypatch.setattr(build_lib, "decode_clip", lambda p: pytest.fail("decoded"))
+  plan = clip_lists.plan_build(tmp_path)
   assert (plan.csv_rows, plan.duplicate_rows, plan.astest_not_in_csv) == (4, 1, 0)
   assert list(plan.splits) == ["train", "test", "astest"]
   assert [r.clip_id for r in plan.splits["test"].rows] == ["b_000002", "c_000003"]
@@ -330,22 +331,22 @@ def test_plan_matches_clips_to_files_without_decoding(tmp_path, monkeypatch):
   assert list(plan.buildable_splits()) == ["train", "test"]  # astest has no file
   report = vggsound.BuildReport(config="full")
   vggsound.start_report(report, plan)
-  assert report.skipped == [{"split": "astest", "clip_id": "c_000003", "path": None, "reason": vggsound.MISSING_FILE}]
-  with pytest.raises(vggsound.ManualDirError, match="the common config needs Common.txt"):
-    vggsound.plan_build(tmp_path, common_only=True)
+  assert report.skipped == [{"split": "astest", "clip_id": "c_000003", "path": None, "reason": build_lib.MISSING_FILE}]
+  with pytest.raises(build_lib.ManualDirError, match="the common config needs Common.txt"):
+    clip_lists.plan_build(tmp_path, common_only=True)
 
 
 def test_generators_record_what_they_write_and_skip(tmp_path):
   _write(tmp_path / "a_000001.wav", _signal(0.5))
-  rows = [vggsound.ClipRow("a", 1, LABEL_A, "train", 1), vggsound.ClipRow("b", 2, LABEL_A, "train", 2)]
-  report = vggsound.BuildReport(config="full", splits={"train": vggsound.SplitReport(2, 1)})
+  rows = [clip_lists.ClipRow("a", 1, LABEL_A, "train", 1), clip_lists.ClipRow("b", 2, LABEL_A, "train", 2)]
+  report = vggsound.BuildReport(config="full", splits={"train": build_lib.SplitReport(2, 1)})
   examples = list(
     vggsound.generate_manual_examples("train", rows, [tmp_path / "a_000001.wav", None], report=report, num_workers=1)
   )
   assert [key for key, _ in examples] == ["a_000001"]
   np.testing.assert_array_equal(examples[0][1]["audio"], _signal(0.5))
-  assert report.splits["train"] == vggsound.SplitReport(2, 1, 1, {vggsound.MISSING_FILE: 1})
-  report = vggsound.BuildReport(config="synthetic", splits={"test": vggsound.SplitReport()})
+  assert report.splits["train"] == build_lib.SplitReport(2, 1, 1, {build_lib.MISSING_FILE: 1})
+  report = vggsound.BuildReport(config="synthetic", splits={"test": build_lib.SplitReport()})
   assert (
     len(list(vggsound.generate_synthetic_examples("test", report=report, clips_per_class=1)))
     == report.splits["test"].written
@@ -376,10 +377,10 @@ def test_lists_with_a_byte_order_mark_keep_their_first_line(tmp_path):
   (tmp_path / "vggsound.csv").write_bytes(codecs.BOM_UTF8 + f"a,1,{LABEL_A},train\nb,2,{LABEL_B},test\n".encode())
   (tmp_path / "AStest.csv").write_bytes(codecs.BOM_UTF8 + f"a_000001.mp4,{LABEL_A}\n".encode())
   (tmp_path / "Common.txt").write_bytes(codecs.BOM_UTF8 + f"{LABEL_A}\n".encode())
-  rows = vggsound.read_clip_list(tmp_path / "vggsound.csv", NAMES).rows
+  rows = clip_lists.read_clip_list(tmp_path / "vggsound.csv", NAMES).rows
   assert [(r.youtube_id, r.line) for r in rows] == [("a", 1), ("b", 2)]
-  assert vggsound.read_astest(tmp_path / "AStest.csv") == {"a_000001"}
-  assert vggsound.read_common(tmp_path / "Common.txt", NAMES) == {LABEL_A}
+  assert clip_lists.read_astest(tmp_path / "AStest.csv") == {"a_000001"}
+  assert clip_lists.read_common(tmp_path / "Common.txt", NAMES) == {LABEL_A}
 
 
 @pytest.mark.parametrize(
@@ -392,8 +393,8 @@ def test_lists_with_a_byte_order_mark_keep_their_first_line(tmp_path):
 )
 def test_a_list_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, data, message):
   (tmp_path / "vggsound.csv").write_bytes(data)
-  with pytest.raises(vggsound.ClipListError) as e:
-    vggsound.read_clip_list(tmp_path / "vggsound.csv", NAMES)
+  with pytest.raises(clip_lists.ClipListError) as e:
+    clip_lists.read_clip_list(tmp_path / "vggsound.csv", NAMES)
   assert str(e.value) == f"{tmp_path / 'vggsound.csv'}{message}"
 
 
@@ -409,7 +410,7 @@ def test_building_again_from_other_inputs_is_an_error_until_overwrite(tmp_path):
 
   with open(manual / "vggsound.csv", "a", newline="") as f:
     csv.writer(f).writerow(["c", 3, LABEL_A, "train"])
-  with pytest.raises(vggsound.InputsChangedError) as e:
+  with pytest.raises(build_lib.InputsChangedError) as e:
     vggsound.build(data, manual_dir=manual, num_workers=1)
   dataset_dir = data / "vggsound" / "full" / vggsound.DATASET_VERSION
   assert str(e.value) == (
@@ -419,7 +420,7 @@ def test_building_again_from_other_inputs_is_an_error_until_overwrite(tmp_path):
   _write(manual / "c_000003.wav", _signal(0.7, seed=3))
   _write_csv(manual / "AStest.csv", [["b_000002.wav", LABEL_B]])
   with pytest.raises(
-    vggsound.InputsChangedError,
+    build_lib.InputsChangedError,
     match=r"AStest.csv \(absent then, present now\), clip files \(2 then, 3 now\), vggsound.csv changed",
   ):
     vggsound.build(data, manual_dir=manual, num_workers=1)
@@ -435,7 +436,7 @@ def test_building_again_from_other_inputs_is_an_error_until_overwrite(tmp_path):
   assert set(_read_all(data, "full", "train")) == {"a_000001", "c_000003"}
   assert set(_read_all(data, "full", "astest")) == {"b_000002"}
   os.utime(manual / "a_000001.wav", ns=(1, 1))  # a clip file touched: its time changed
-  with pytest.raises(vggsound.InputsChangedError, match=": clip files changed;"):
+  with pytest.raises(build_lib.InputsChangedError, match=": clip files changed;"):
     vggsound.build(data, manual_dir=manual, num_workers=1)
 
 
@@ -445,14 +446,15 @@ def test_the_synthetic_config_records_its_seed_and_sizes(tmp_path):
   report = vggsound.build(tmp_path, config=config)
   assert report.inputs == {"synthetic seed": synthetic.DEFAULT_SEED, "synthetic clips per class": sizes}
   other = vggsound.VggsoundConfig(name="tiny", source="synthetic", synthetic_seed=5, synthetic_clips_per_class=sizes)
-  with pytest.raises(vggsound.InputsChangedError, match="than the synthetic config: synthetic seed changed"):
+  with pytest.raises(build_lib.InputsChangedError, match="than the synthetic config: synthetic seed changed"):
     vggsound.build(tmp_path, config=other)
 
 
 _KILLED_BUILD = """
 import sys, time
+from vggsound_jax.audio import decode
 from vggsound_jax.datasets import vggsound
-vggsound.audio_lib.decode_audio = lambda *a, **k: time.sleep(600)  # stuck mid-build until killed
+decode.decode_audio = lambda *a, **k: time.sleep(600)  # stuck mid-build until killed
 vggsound.build(sys.argv[1], manual_dir=sys.argv[2], num_workers=1)
 """
 

@@ -6,7 +6,7 @@
 manual_dir holds `vggsound.csv`, the clip files (`{youtube_id}_{start:06d}.{wav,flac,mp4,mkv,
 webm}`, subfolders allowed) and/or `.tar.gz` archives of them (the Hugging Face mirror's
 `vggsound_NN.tar.gz`, read without extracting them), and optionally `AStest.csv` and
-`Common.txt` (see `vggsound_jax/datasets/vggsound.py` and
+`Common.txt` (see docs/datasets.md and
 docs/original_pipeline.md#the-data-set-as-users-have-it). Clips that are missing, cannot be
 decoded or sit in a damaged part of an archive are skipped; the summary printed at the end and
 `build_report.json` in the dataset directory list them with the reason. A malformed list
@@ -34,7 +34,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the config i
 
 def _check_manual_dir(manual_dir: str | None) -> None:
   # Imported here so that --help stays fast.
-  from vggsound_jax.datasets.vggsound import CSV_NAME  # noqa: PLC0415
+  from vggsound_jax.datasets.clip_lists import CSV_NAME  # noqa: PLC0415
 
   if manual_dir is None:
     sys.exit(f"error: --manual_dir is needed for --config {_CONFIG.value}")
@@ -50,6 +50,7 @@ def main(argv: list[str]) -> None:
   if _CONFIG.value != "synthetic":
     _check_manual_dir(_MANUAL_DIR.value)
 
+  from vggsound_jax.datasets import build as build_lib  # noqa: PLC0415
   from vggsound_jax.datasets import vggsound  # noqa: PLC0415
 
   builder = vggsound.Vggsound(config=_CONFIG.value, data_dir=_DATA_DIR.value)
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> None:
     print(f"{vggsound.NAME}/{_CONFIG.value} is already built: nothing done (--overwrite rebuilds it). Its build:")
   print(report.summary())
   print(f"dataset: {builder.data_path}")
-  print(f"report: {os.path.join(builder.data_path, vggsound.REPORT_NAME)}")
+  print(f"report: {os.path.join(builder.data_path, build_lib.REPORT_NAME)}")
 
 
 def run() -> None:

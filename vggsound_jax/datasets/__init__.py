@@ -7,6 +7,7 @@ find them. Importing it does not import TensorFlow.
 """
 
 from vggsound_jax.datasets.audioset import Audioset
-from vggsound_jax.datasets.vggsound import Vggsound, build
+from vggsound_jax.datasets.vggsound import Vggsound
 
-__all__ = ["Audioset", "Vggsound", "build"]
+# Not `build`: that name is the module of the shared build machinery (datasets/build.py).
+__all__ = ["Audioset", "Vggsound"]

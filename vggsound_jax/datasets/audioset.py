@@ -24,22 +24,23 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
 from vggsound_jax import labels
-from vggsound_jax.datasets import vggsound
-from vggsound_jax.datasets.vggsound import ClipListError, ManualDirError, SplitReport
+from vggsound_jax.datasets import build as build_lib
+from vggsound_jax.datasets import clip_lists
+from vggsound_jax.datasets.build import MISSING_FILE, REPORT_NAME, Example, ManualDirError, SplitReport
+from vggsound_jax.datasets.clip_lists import ClipListError
 
 NAME = "audioset"
 CONFIG = "common"
@@ -79,8 +80,8 @@ AudioSet's clips are YouTube segments and cannot be downloaded here. Put in manu
     (`# ...` header lines, then `YTID, start_seconds, end_seconds, "mid1,mid2,..."`);
   * the clip files you have, one 10 s segment each, named `{{ytid}}.{{ext}}`, `Y{{ytid}}.{{ext}}`
     or `{{ytid}}_{{start...}}.{{ext}}`, ext one of
-    {", ".join(e[1:] for e in vggsound.MEDIA_EXTENSIONS)}; subfolders are searched.
-Segments listed but not found are skipped and listed in {vggsound.REPORT_NAME}.
+    {", ".join(e[1:] for e in clip_lists.MEDIA_EXTENSIONS)}; subfolders are searched.
+Segments listed but not found are skipped and listed in {REPORT_NAME}.
 """
 
 
@@ -163,8 +164,8 @@ def read_segments(path: str | os.PathLike) -> list[Segment]:
 def index_clip_files(root: str | os.PathLike) -> dict[str, Path]:
   """YouTube id -> its clip file under `root`, the lossless formats first (as for VGGSound)."""
   found: dict[str, Path] = {}
-  rank = {ext: i for i, ext in enumerate(vggsound.MEDIA_EXTENSIONS)}
-  for stem, path in sorted(vggsound.index_media_files(root).items()):
+  rank = {ext: i for i, ext in enumerate(clip_lists.MEDIA_EXTENSIONS)}
+  for stem, path in sorted(clip_lists.index_media_files(root).items()):
     match = _FILE_STEM.fullmatch(stem)
     if match is None:
       continue
@@ -187,14 +188,14 @@ def multi_hot(mids: Sequence[str], class_map: dict[str, tuple[int, ...]]) -> np.
 
 
 @dataclasses.dataclass
-class BuildReport(vggsound.BuildReport):
-  """vggsound's report, with the segments left out for want of a shared class."""
+class BuildReport(build_lib.BuildReport):
+  """The shared build report, with the segments left out for want of a shared class."""
 
+  dataset: ClassVar[str] = NAME
   outside_common: dict[str, int] = dataclasses.field(default_factory=dict)  # split -> segments
 
   def summary(self) -> str:
     lines = super().summary().splitlines()
-    lines[0] = lines[0].replace(f"{vggsound.NAME}/", f"{NAME}/", 1)
     for split, count in self.outside_common.items():
       lines.append(f"  {split}: {count} listed segments have none of the shared classes (left out)")
     return "\n".join(lines)
@@ -238,8 +239,6 @@ def plan_build(manual_dir: str | os.PathLike) -> dict[str, SplitPlan]:
 # ---------------------------------------------------------------------------------------
 # Example generation.
 
-Example = tuple[str, dict[str, Any]]
-
 
 def generate_examples(split: str, plan: SplitPlan, *, report: BuildReport, num_workers: int = 1) -> Iterator[Example]:
   """Decodes one split's clips; yields `(clip_id, example)` for each usable one, and records
@@ -247,8 +246,8 @@ def generate_examples(split: str, plan: SplitPlan, *, report: BuildReport, num_w
   class_map = read_class_map()
   split_report = report.splits[split]
   paths = [None if p is None else str(p) for p in plan.paths]
-  # The vggsound builder's worker pool: one bad file never stops a build.
-  results = vggsound._decode_all(paths, num_workers, desc=f"{NAME} {split}")
+  # The shared worker pool: one bad file never stops a build.
+  results = build_lib.decode_all(paths, num_workers, desc=f"{NAME} {split}")
   for segment, path, (samples, reason) in zip(plan.segments, paths, results):
     if samples is None:
       report.skip(split, segment.clip_id, path, reason)
@@ -282,19 +281,19 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
   DEFAULT_CONFIG_NAME = CONFIG
 
   def __init__(
-    self, *, num_workers: int | None = None, file_format: str | None = vggsound.FILE_FORMAT, **kwargs: Any
+    self, *, num_workers: int | None = None, file_format: str | None = build_lib.FILE_FORMAT, **kwargs: Any
   ) -> None:
     """`num_workers`: decoding processes (default: all cores)."""
     super().__init__(file_format=file_format, **kwargs)
     self._num_workers = num_workers or os.cpu_count() or 1
-    self._report_in_progress: BuildReport | None = None  # as in vggsound.Vggsound
+    self._report_in_progress: BuildReport | None = None  # as in build.ReportingBuilder
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       description=_DESCRIPTION,
       features=tfds.features.FeaturesDict(
         {
-          "audio": vggsound.audio_feature(),
+          "audio": build_lib.audio_feature(),
           "label": tfds.features.Tensor(
             shape=(labels.NUM_CLASSES,),
             dtype=np.bool_,
@@ -323,7 +322,7 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
       self._report_in_progress = None
     if not report.splits:
       return None
-    vggsound.write_report(report, self.data_path)
+    build_lib.write_report(report, self.data_path)
     if log_summary:
       (logging.warning if report.skipped else logging.info)("%s", report.summary())
     return report
@@ -343,7 +342,7 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
       report.splits[split] = SplitReport(rows=len(plan.segments), found=plan.found)
       if not plan.found:  # TFDS cannot store an empty split
         for segment in plan.segments:
-          report.skip(split, segment.clip_id, None, vggsound.MISSING_FILE)
+          report.skip(split, segment.clip_id, None, MISSING_FILE)
         continue
       generators[split] = generate_examples(split, plan, report=report, num_workers=self._num_workers)
     return generators
@@ -355,8 +354,7 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
 
 def read_report(dataset_dir: str | os.PathLike) -> BuildReport:
   """The report stored in a built dataset directory."""
-  with open(Path(dataset_dir, vggsound.REPORT_NAME), encoding="utf-8") as f:
-    return BuildReport.from_json(json.load(f))
+  return build_lib.read_report(dataset_dir, BuildReport)
 
 
 def build(
