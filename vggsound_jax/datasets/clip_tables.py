@@ -24,7 +24,7 @@ import io
 import os
 from pathlib import Path
 
-from vggsound_jax.datasets.vggsound import ClipListError, read_text
+from vggsound_jax.datasets.clip_lists import ClipListError, read_text
 from vggsound_jax.errors import PathError
 
 ESC50, URBANSOUND8K, CSV, FOLDERS = "esc50", "urbansound8k", "csv", "folders"
