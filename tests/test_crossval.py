@@ -8,12 +8,13 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx, traverse_util
 
-from vggsound_jax import crossval, default_config, optimizers, probe
+from vggsound_jax import Tagger, crossval, default_config, optimizers, probe
 from vggsound_jax.audio.decode import convert_waveform
 from vggsound_jax.errors import ConfigError
 from vggsound_jax.model_dir import load_model, save_model
-from vggsound_jax.models import ModelConfig
+from vggsound_jax.models import ModelConfig, split_model
 from vggsound_jax.testing import labelled_clips
 from vggsound_jax.testing.random_model import random_model, with_unit_statistics
 
@@ -130,6 +131,7 @@ def test_finetune_per_fold_resumes_and_keeps_each_model(pretrained, tmp_path):
   model, metadata = load_model(workdir / "fold_2" / "model")
   assert metadata["class_names"] == list(data.class_names) and model.config.num_classes == NUM_CLASSES
   assert model.config.width == 4  # the architecture of init_from
+  assert Tagger(workdir / "fold_2" / "model", backend="jax").class_names == list(data.class_names)
   # A fold killed after its training resumes at its last step (nothing left to train), and
   # gives the same result; a finished fold is not run again.
   (workdir / "fold_2" / crossval.FOLD_RESULT).unlink()
@@ -137,6 +139,23 @@ def test_finetune_per_fold_resumes_and_keeps_each_model(pretrained, tmp_path):
   assert again["folds"] == summary["folds"]
   assert json.loads((workdir / "fold_2" / crossval.FOLD_RESULT).read_text())["fold"] == 2
   assert crossval.run(config, workdir, data, mode="finetune")["folds"] == summary["folds"]
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_keeps_its_parameters_and_statistics(pretrained, tmp_path):
+  config = _config(pretrained, steps=3)
+  config.finetune.freeze_backbone = True
+  config.crossval.folds = "3"
+  crossval.run(config, tmp_path / "frozen", _data(), mode="finetune")
+  before = split_model(load_model(pretrained)[0])[1]
+  after = split_model(load_model(tmp_path / "frozen" / "fold_3" / "model")[0])[1]
+  flat_before = {k: traverse_util.flatten_dict(nnx.to_pure_dict(v)) for k, v in before.items()}
+  flat_after = {k: traverse_util.flatten_dict(nnx.to_pure_dict(v)) for k, v in after.items()}
+  for kind in ("params", "batch_stats"):
+    for path, value in flat_after[kind].items():
+      if path[0] != "fc":
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_before[kind][path]), err_msg=str(path))
+  assert flat_after["params"][("fc", "kernel")].shape == (32, NUM_CLASSES)
 
 
 def test_an_architecture_that_cannot_take_the_clips_is_one_line(tmp_path):
