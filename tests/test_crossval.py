@@ -31,7 +31,8 @@ def _data():
       labels.append(k)
       folds.append(i % NUM_FOLDS + 1)
   names = tuple(labelled_clips.class_names(NUM_CLASSES))
-  return crossval.LabelledData(source, names, np.array(labels), np.array(folds), dataset_id="generated")
+  longest = max(len(s["audio"]) for s in source)
+  return crossval.LabelledData(source, names, np.array(labels), np.array(folds), "generated", longest)
 
 
 @pytest.fixture(scope="module")

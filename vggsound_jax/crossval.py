@@ -41,6 +41,7 @@ class LabelledData:
   labels: np.ndarray  # (N,) int, of each element
   folds: np.ndarray  # (N,) int
   dataset_id: str  # names the content (the build's fingerprint): keys the embedding cache
+  longest: int  # samples of the longest clip
 
 
 class Subset(Sequence):
@@ -146,7 +147,7 @@ def probe_num_samples(config: ml_collections.ConfigDict, data: LabelledData) -> 
   """The clip length the probe embeds: `probe.num_samples`, or 0 for the data's longest clip."""
   if config.probe.num_samples > 0:
     return int(config.probe.num_samples)
-  return max(len(data.source[i]["audio"]) for i in range(len(data.source)))
+  return data.longest
 
 
 def _embeddings(config: ml_collections.ConfigDict, data: LabelledData) -> np.ndarray:

@@ -185,14 +185,16 @@ def open_clips(data_dir: str | os.PathLike, name: str) -> Any:
   builder = tfds.builder_from_directory(os.fspath(directory))
   source = builder.as_data_source(split=SPLIT)
   report = build_lib.read_report(directory, BuildReport)
-  labels, folds = _labels_and_folds(source)
+  labels, folds, longest = _scan(source)
   dataset_id = hashlib.sha256(json.dumps(report.inputs, sort_keys=True).encode()).hexdigest()
-  return LabelledData(source, tuple(builder.info.features["label"].names), labels, folds, dataset_id)
+  return LabelledData(source, tuple(builder.info.features["label"].names), labels, folds, dataset_id, longest)
 
 
-def _labels_and_folds(source: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
-  labels, folds = np.zeros(len(source), np.int64), np.zeros(len(source), np.int64)
+def _scan(source: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, int]:
+  """Each clip's label and fold, and the longest clip's samples: one pass over the data."""
+  labels, folds, longest = np.zeros(len(source), np.int64), np.zeros(len(source), np.int64), 0
   for i in range(len(source)):
     element = source[i]
     labels[i], folds[i] = element["label"], element["fold"]
-  return labels, folds
+    longest = max(longest, len(element["audio"]))
+  return labels, folds, longest
