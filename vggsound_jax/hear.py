@@ -76,7 +76,9 @@ class HearModel:
 
 
 def load_model(model_file_path: str = "", **options: Any) -> HearModel:
-  """The model of a model directory (vggsound-convert, training, vggsound-crossval) or an export.
+  """The model of a model directory (vggsound-convert, training, vggsound-crossval). An exported
+  directory serves one clip length, and HEAR needs two (scene and timestamp windows): give the
+  model directory, which backend 'auto' exports for each on its own.
 
   `options`: `backend` ('auto': the fastest here, OpenVINO on a CPU), `batch_size`,
   `timestamp_window` (seconds), `timestamp_hop_ms`.
