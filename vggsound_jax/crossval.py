@@ -204,12 +204,14 @@ def write_summary(workdir: Path, results: list[dict], *, mode: str, class_names:
 
 
 def _plot(workdir: Path, results: list[dict]) -> None:
-  """The per-fold figure, from the plots module (another branch provides it); none without it."""
+  """summary.png, the per-fold accuracy, drawn by `vggsound_jax.plots` (no figure where that
+  module is not installed: the summary's numbers do not depend on it)."""
   try:
     from vggsound_jax.plots import plot_cross_validation  # noqa: PLC0415
   except ImportError:
     return
-  plot_cross_validation([r["fold"] for r in results], [r["accuracy"] for r in results], workdir / SUMMARY_PLOT)
+  folds = [f"fold {r['fold']}" for r in results]
+  plot_cross_validation(folds, [r["accuracy"] for r in results], workdir / SUMMARY_PLOT)
 
 
 def _fmt(x: float | None) -> str:
