@@ -1,7 +1,12 @@
 """The TFDS builder `audioset` over a manual_dir made on the fly, and the VGGSound-AudioSet class table."""
 
+import fcntl
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +16,10 @@ import tensorflow_datasets as tfds
 from vggsound_jax.audio.decode import SAMPLE_RATE
 from vggsound_jax.datasets import audioset, clip_lists
 from vggsound_jax.datasets import build as build_lib
+from vggsound_jax.errors import PathError
 from vggsound_jax.labels import NUM_CLASSES, class_index, class_names
+
+REPO = Path(__file__).resolve().parent.parent
 
 INDEX = class_index()
 # From the package's class table: every method column must hold what its rule gives.
@@ -129,6 +137,89 @@ def test_file_names_give_the_youtube_id(tmp_path):
     "a-b_c-d_e-f": "a-b_c-d_e-f_30.000_40.000.mp4",
     "Yzzzzzzzzzz": "Yzzzzzzzzzz.wav",  # 11 characters: an id that starts with Y
   }
+
+
+# ----------------------------------------------------------------------------- the shared build
+
+
+def _small_manual_dir(manual):
+  manual.mkdir(parents=True)
+  sf.write(manual / "aaaaaaaaaaa.wav", _clip(0.5, 1), SAMPLE_RATE, subtype="PCM_16")
+  _write_segments(manual / "eval_segments.csv", [("aaaaaaaaaaa", 0, 10, [BARK]), ("bbbbbbbbbbb", 0, 10, [PIANO])])
+
+
+def _run_build(*args):
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  command = [sys.executable, str(REPO / "scripts" / "build_dataset.py"), "--dataset", "audioset", *args]
+  return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_report_records_the_inputs(built):
+  _, report = built
+  lists = {"balanced_train_segments.csv", "unbalanced_train_segments.csv", "eval_segments.csv"}
+  assert set(report.inputs) == lists | {"clip files"}
+  assert report.inputs["eval_segments.csv"] is None  # absent
+  assert report.inputs["clip files"]["count"] == 4  # a, b, c and the undecodable e; not the speech-only d
+
+
+@pytest.mark.slow
+def test_building_again_from_other_inputs_is_an_error_until_overwrite(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  _small_manual_dir(manual)
+  report = audioset.build(data, manual_dir=manual, num_workers=1)
+  assert report.splits["eval"].written == 1
+  assert audioset.build(data, manual_dir=manual, num_workers=1) == report  # the same inputs: kept
+  assert audioset.build(data, num_workers=1) == report  # no manual_dir: nothing to compare with
+
+  sf.write(manual / "bbbbbbbbbbb.flac", _clip(0.5, 2), SAMPLE_RATE, subtype="PCM_16")  # a clip added
+  dataset_dir = data / "audioset" / "common" / audioset.DATASET_VERSION
+  with pytest.raises(build_lib.InputsChangedError) as e:
+    audioset.build(data, manual_dir=manual, num_workers=1)
+  assert str(e.value) == (
+    f"{dataset_dir}: audioset/common here was built from other inputs than {manual}:"
+    " clip files (1 then, 2 now) changed; rebuild it with --overwrite"
+  )
+  # Through the command: one line, and --overwrite rebuilds from the new inputs.
+  args = ("--manual_dir", str(manual), "--data_dir", str(data), "--num_workers", "1")
+  result = _run_build(*args)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == f"error: {e.value}"
+  result = _run_build(*args, "--overwrite")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "audioset/common: 2 clips written, 0 skipped" in result.stdout
+  assert set(_read(data, "eval")) == {"aaaaaaaaaaa", "bbbbbbbbbbb"}
+  assert audioset.read_report(dataset_dir).inputs["clip files"]["count"] == 2
+
+
+def test_what_a_killed_build_leaves_is_removed_by_the_next(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  _small_manual_dir(manual)
+  config_dir = data / "audioset" / "common"
+  # A killed build's directory, named as TFDS names them (tests/test_datasets.py kills a real
+  # build to check the name), and directories that are not this config's and version's builds.
+  left = config_dir / f"incomplete.K1LLED_{audioset.DATASET_VERSION}"
+  (left / "part").mkdir(parents=True)
+  foreign = [config_dir / "incomplete.mine", config_dir / "incomplete.ABC123_9.9.9"]
+  for directory in foreign:
+    directory.mkdir()
+  report = audioset.build(data, manual_dir=manual, num_workers=1)
+  assert report.removed_leftovers == [str(left)] and not left.exists()
+  assert all(p.exists() for p in foreign)
+  assert "removed what 1 interrupted builds left" in report.summary()
+  assert set(_read(data, "eval")) == {"aaaaaaaaaaa"}
+
+
+def test_a_second_build_fails_while_one_runs(tmp_path):
+  config_dir = tmp_path / "audioset" / "common"
+  config_dir.mkdir(parents=True)
+  fd = os.open(config_dir, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a build in progress holds it
+    with pytest.raises(PathError, match="another build of audioset/common is running into it"):
+      audioset.build(tmp_path, manual_dir=tmp_path)
+  finally:
+    os.close(fd)
+  assert list(config_dir.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- the class table

@@ -14,10 +14,9 @@ made: docs/original_pipeline.md#vggish-rows-ac.
 
 Splits, one per segment list present: `balanced_train`, `unbalanced_train`, `eval`.
 
-Build with `tfds build audioset --imports vggsound_jax.datasets --manual_dir DIR --data_dir DIR`
-or `vggsound_jax.datasets.audioset.build(DATA_DIR, manual_dir=DIR)`. As for `vggsound`, clips
-that cannot be used are skipped and listed in `build_report.json` with the reason, and a
-malformed list stops the build before any decoding, naming the file and line.
+Build with `vggsound-build --dataset audioset --manual_dir DIR --data_dir DIR` or `build()`: the
+shared build of `build.py` (report, input fingerprint, lock, cleanup of killed builds), as for
+`vggsound`; what users see of it: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import csv
 import dataclasses
 import os
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -34,7 +32,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
 from vggsound_jax import labels
 from vggsound_jax.datasets import build as build_lib
@@ -236,6 +233,15 @@ def plan_build(manual_dir: str | os.PathLike) -> dict[str, SplitPlan]:
   return plans
 
 
+def input_fingerprint(manual_dir: str | os.PathLike, plans: dict[str, SplitPlan]) -> dict[str, Any]:
+  """What a build from `plans` reads (`build.inputs_fingerprint`): the segment lists' contents
+  (None when absent) and path, size and modification time of each clip file they use."""
+  manual_dir = Path(manual_dir)
+  lists = {name: manual_dir / name if (manual_dir / name).is_file() else None for name in SEGMENT_LISTS.values()}
+  files = [p for plan in plans.values() for p in plan.paths if p is not None]
+  return build_lib.inputs_fingerprint(manual_dir, lists, {"clip files": files})
+
+
 # ---------------------------------------------------------------------------------------
 # Example generation.
 
@@ -271,7 +277,7 @@ def generate_examples(split: str, plan: SplitPlan, *, report: BuildReport, num_w
     )
 
 
-class Audioset(tfds.core.GeneratorBasedBuilder):
+class Audioset(build_lib.ReportingBuilder):
   """AudioSet segments of the classes shared with VGGSound: 16 kHz mono int16, multi-hot labels."""
 
   VERSION = tfds.core.Version(DATASET_VERSION)
@@ -279,14 +285,7 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=CONFIG, description="Segments of the classes shared with VGGSound.")]
   DEFAULT_CONFIG_NAME = CONFIG
-
-  def __init__(
-    self, *, num_workers: int | None = None, file_format: str | None = build_lib.FILE_FORMAT, **kwargs: Any
-  ) -> None:
-    """`num_workers`: decoding processes (default: all cores)."""
-    super().__init__(file_format=file_format, **kwargs)
-    self._num_workers = num_workers or os.cpu_count() or 1
-    self._report_in_progress: BuildReport | None = None  # as in build.ReportingBuilder
+  REPORT_CLASS = BuildReport
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -311,30 +310,17 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
       citation=_CITATION,
     )
 
-  def download_and_prepare(self, *, log_summary: bool = True, **kwargs: Any) -> BuildReport | None:
-    """TFDS's download_and_prepare; then writes build_report.json and returns the report
-    (None when the config was already prepared)."""
-    report = BuildReport(config=self.builder_config.name)
-    self._report_in_progress = report
-    try:
-      super().download_and_prepare(**kwargs)
-    finally:
-      self._report_in_progress = None
-    if not report.splits:
-      return None
-    build_lib.write_report(report, self.data_path)
-    if log_summary:
-      (logging.warning if report.skipped else logging.info)("%s", report.summary())
-    return report
+  def current_inputs(self, manual_dir: str | os.PathLike | None) -> tuple[dict[str, Any], str] | None:
+    if manual_dir is None:
+      return None  # reading what is there: nothing to compare with
+    return input_fingerprint(manual_dir, plan_build(manual_dir)), str(manual_dir)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator[Example]]:
-    report = self._report_in_progress or BuildReport(config=self.builder_config.name)
-    try:
-      manual_dir = Path(dl_manager.manual_dir)
-    except AssertionError as e:  # TFDS's message spans the whole instructions.
-      raise ManualDirError(str(e).splitlines()[0]) from None
+    report = self.report_in_progress()
+    manual_dir = self._manual_dir(dl_manager)
     plans = plan_build(manual_dir)
     report.manual_dir = str(manual_dir)
+    report.inputs = input_fingerprint(manual_dir, plans)
     generators = {}
     for split, plan in plans.items():
       report.csv_rows += len(plan.segments) + plan.outside_common
@@ -346,10 +332,6 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
         continue
       generators[split] = generate_examples(split, plan, report=report, num_workers=self._num_workers)
     return generators
-
-  def _generate_examples(self, **kwargs: Any) -> Iterator[Example]:
-    """Unused: _split_generators returns the module's generators. TFDS declares it abstract."""
-    raise NotImplementedError("use generate_examples")
 
 
 def read_report(dataset_dir: str | os.PathLike) -> BuildReport:
@@ -365,14 +347,13 @@ def build(
   overwrite: bool = False,
   log_summary: bool = True,
 ) -> BuildReport:
-  """Builds `audioset/common` into data_dir (if not already there); returns its report."""
+  """Builds `audioset/common` into data_dir (if not already there); returns its report.
+
+  As `vggsound.build`: the stored report when already built from the same inputs, an
+  InputsChangedError when built from other inputs, unless `overwrite`.
+  """
   builder = Audioset(data_dir=os.fspath(data_dir), num_workers=num_workers)
-  if overwrite and builder.is_prepared():
-    shutil.rmtree(builder.data_path)
-    builder = Audioset(data_dir=os.fspath(data_dir), num_workers=num_workers)
-  download_config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else os.fspath(manual_dir))
-  report = builder.download_and_prepare(download_config=download_config, log_summary=log_summary)
-  return report if report is not None else read_report(builder.data_path)
+  return build_lib.build_dataset(builder, manual_dir=manual_dir, overwrite=overwrite, log_summary=log_summary)
 
 
 def data_source(data_dir: str | os.PathLike, split: str) -> Sequence[dict]:
@@ -381,6 +362,6 @@ def data_source(data_dir: str | os.PathLike, split: str) -> Sequence[dict]:
   if not builder.is_prepared():
     raise FileNotFoundError(
       f"{builder.data_path}: {NAME}/{CONFIG} is not built; build it with"
-      f" tfds build {NAME} --imports vggsound_jax.datasets --manual_dir DIR --data_dir {data_dir}"
+      f" vggsound-build --dataset {NAME} --manual_dir DIR --data_dir {data_dir}"
     )
   return builder.as_data_source(split=split)

@@ -319,7 +319,8 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   A subclass sets `REPORT_CLASS`, implements `_info` (through `dataset_info_from_configs`),
   `_split_generators` (taking its report from `report_in_progress()` and filling its `splits`
-  and `inputs`) and `current_inputs`.
+  and `inputs`) and `current_inputs`, and overrides `uses_manual_dir` for configs that read
+  no files. docs/datasets.md#adding-a-builder.
   """
 
   REPORT_CLASS: ClassVar[type[BuildReport]] = BuildReport
@@ -337,6 +338,10 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """The fingerprint of what a build would read now, and how an error names those inputs
     (e.g. the manual_dir); None when there is nothing to compare (no manual_dir given)."""
     raise NotImplementedError
+
+  def uses_manual_dir(self) -> bool:
+    """Whether this config is built from files in a manual_dir (not, e.g., generated)."""
+    return True
 
   # TFDS prints "Downloading and preparing dataset ..." and "... Subsequent calls will reuse
   # this data" itself; nothing is downloaded here, and the build prints its own summary.

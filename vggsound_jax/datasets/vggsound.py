@@ -252,6 +252,9 @@ class Vggsound(build_lib.ReportingBuilder):
       citation=_CITATION,
     )
 
+  def uses_manual_dir(self) -> bool:
+    return self.builder_config.source != "synthetic"
+
   def current_inputs(self, manual_dir: str | os.PathLike | None) -> tuple[dict[str, Any], str] | None:
     config = self.builder_config
     if config.source == "synthetic":
