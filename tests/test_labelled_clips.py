@@ -139,3 +139,24 @@ def test_a_probe_over_a_built_data_set_is_above_chance(fixtures, tmp_path, monke
   config.probe.backend = "jax"
   summary = crossval.run(config, tmp_path / "run", labelled.open_clips(tmp_path / "data", "esc"), mode="probe")
   assert len(summary["folds"]) == 5 and summary["mean_accuracy"] > 0.8
+
+
+def _command(module, *args):
+  import subprocess
+  import sys
+
+  code = f"from vggsound_jax.cli.{module} import run; run()"
+  return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=False)
+
+
+@pytest.mark.slow
+def test_the_build_command_says_one_line_per_problem_and_keeps_a_build(fixtures, tmp_path):
+  bad = _write_table(tmp_path / "bad.csv", ["file", "class"], [["a.wav", "x"]])
+  result = _command("build_clips", "--source", bad, "--name", "x", "--data_dir", tmp_path / "data")
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: columns")
+  args = ("--source", fixtures["esc50"], "--name", "esc", "--data_dir", tmp_path / "data", "--num_workers", 1)
+  first = _command("build_clips", *args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "labelled_clips/esc: 15 clips written, 0 skipped" in first.stdout
+  again = _command("build_clips", *args)
+  assert again.returncode == 0 and "already built: nothing done" in again.stdout

@@ -31,6 +31,8 @@ def main(argv: list[str]) -> None:
   from vggsound_jax.datasets import build as build_lib  # noqa: PLC0415 - keeps --help fast
   from vggsound_jax.datasets import labelled  # noqa: PLC0415
 
+  directory = labelled.dataset_dir(_DATA_DIR.value, labelled.check_name(_NAME.value))
+  already_built = (directory / "dataset_info.json").is_file() and not _OVERWRITE.value
   report = labelled.build(
     _DATA_DIR.value,
     name=_NAME.value,
@@ -39,7 +41,8 @@ def main(argv: list[str]) -> None:
     overwrite=_OVERWRITE.value,
     log_summary=False,
   )
-  directory = labelled.dataset_dir(_DATA_DIR.value, _NAME.value)
+  if already_built:
+    print(f"{labelled.NAME}/{_NAME.value} is already built: nothing done (--overwrite rebuilds it). Its build:")
   print(report.summary())
   print(f"dataset: {directory}")
   print(f"report: {directory / build_lib.REPORT_NAME}")
