@@ -11,8 +11,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-# UrbanSound8K's files keep their uploads' formats: these rates, channel counts and subtypes cycle.
-URBANSOUND8K_FORMATS = ((44100, 2, "PCM_24"), (48000, 1, "PCM_16"), (22050, 1, "FLOAT"), (96000, 2, "PCM_32"))
+# UrbanSound8K's files keep their uploads' formats: these rates, channel counts, subtypes and
+# headers (WAVEX: WAVE_FORMAT_EXTENSIBLE, tag 65534) cycle.
+URBANSOUND8K_FORMATS = (
+  (44100, 2, "PCM_24", "WAVEX"),
+  (48000, 1, "PCM_16", "WAV"),
+  (22050, 1, "FLOAT", "WAV"),
+  (96000, 2, "PCM_32", "WAV"),
+)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -61,12 +67,13 @@ def write_urbansound8k(
   for k, name in enumerate(class_names(num_classes)):
     for i in range(clips_per_class):
       fold = i % num_folds + 1
-      rate, channels, subtype = URBANSOUND8K_FORMATS[(k + i) % len(URBANSOUND8K_FORMATS)]
+      rate, channels, subtype, header = URBANSOUND8K_FORMATS[(k + i) % len(URBANSOUND8K_FORMATS)]
       filename = f"{100 * k + i}-{k}-0-{i}.wav"
       folder = root / "audio" / f"fold{fold}"
       folder.mkdir(parents=True, exist_ok=True)
       samples = clip(k, seconds, rate, i)
-      sf.write(folder / filename, np.stack([samples] * channels, axis=1) if channels > 1 else samples, rate, subtype)
+      audio = np.stack([samples] * channels, axis=1) if channels > 1 else samples
+      sf.write(folder / filename, audio, rate, subtype, format=header)
       rows.append([filename, 100 * k + i, 0.0, seconds, 1, fold, k, name])
   with open(root / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:
     writer = csv.writer(f)
