@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx, traverse_util
 
-from vggsound_jax import Tagger, crossval, default_config, optimizers, probe
+from vggsound_jax import Tagger, checkpoints, crossval, default_config, optimizers, probe
 from vggsound_jax.audio.decode import convert_waveform
 from vggsound_jax.errors import ConfigError
 from vggsound_jax.model_dir import load_model, save_model
@@ -120,13 +120,28 @@ def test_probe_per_fold_above_chance_and_cached(pretrained, tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_finetune_per_fold_resumes_and_keeps_each_model(pretrained, tmp_path):
+def test_finetune_per_fold_resumes_and_keeps_each_model(pretrained, tmp_path, monkeypatch, capsys):
   data = _data()
   config = _config(pretrained)
   config.optimizer.learning_rate = 0.2
   config.crossval.folds = "2"
   workdir = tmp_path / "finetune"
+  save = checkpoints.save
+
+  def killed_after_step_10(manager, step, *args, **kwargs):
+    saved = save(manager, step, *args, **kwargs)
+    if step == 10:
+      manager.wait_until_finished()
+      raise KeyboardInterrupt
+    return saved
+
+  monkeypatch.setattr(checkpoints, "save", killed_after_step_10)
+  with pytest.raises(KeyboardInterrupt):
+    crossval.run(config, workdir, data, mode="finetune")
+  monkeypatch.undo()
+  assert not (workdir / "fold_2" / crossval.FOLD_RESULT).exists()
   summary = crossval.run(config, workdir, data, mode="finetune")
+  assert "resuming from step 10 of 30" in capsys.readouterr().err
   assert [f["fold"] for f in summary["folds"]] == [2]
   assert summary["mean_accuracy"] > 0.7
   model, metadata = load_model(workdir / "fold_2" / "model")
