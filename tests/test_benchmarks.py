@@ -28,6 +28,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
       ["clips/s"],
     ),
     (
+      ["benchmark_probe.py", "--num_clips=100", "--seconds=1", "--width=8", "--build_workers=1"],
+      ["## 5-fold linear probe", "probe total"],
+    ),
+    (
       ["decoding_agreement.py", "--seconds=0.3", "--timing_seconds=1", "--timing_repeats=1"],
       ["## Agreement with the ffmpeg command line"],
     ),

@@ -117,3 +117,11 @@ def test_invalid_values_name_their_field(field, value, message, load_config):
 def test_the_paper_rows_and_the_demo_are_valid(load_config):
   for spec in ["configs/demo.py"] + [f"configs/paper.py:{row}" for row in ROWS]:
     default_config.validate(load_config(spec))
+
+
+def test_transfer_starts_from_its_argument_and_tests_at_the_training_length(load_config):
+  config = load_config("configs/transfer.py:models/H", "data.num_samples=80000")
+  assert config.init_from == "models/H" and config.finetune.new_head
+  assert config.finetune.backbone_learning_rate_factor < 1 and config.eval.num_samples == 80000
+  default_config.validate(config)
+  assert not load_config("configs/transfer.py").finetune.new_head  # from scratch: nothing to keep

@@ -29,6 +29,11 @@ LIBRARY_MODULES = [
   "vggsound_jax.serving.exported",
   "vggsound_jax.serving.graph",
   "vggsound_jax.audio.ffmpeg_compat",
+  "vggsound_jax.hear",
+  "vggsound_jax.probe",
+  "vggsound_jax.crossval",
+  "vggsound_jax.finetune",
+  "vggsound_jax.datasets.labelled",
 ]
 # Each command defines its absl flags on import, so each gets a process of its own.
 COMMANDS = [
@@ -37,6 +42,7 @@ COMMANDS = [
   "vggsound_jax.cli.predict",
   "vggsound_jax.cli.convert",
   "vggsound_jax.cli.export",
+  "vggsound_jax.cli.crossval",
 ]
 
 

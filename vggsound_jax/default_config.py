@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   # user's AudioSet clips of the classes shared with VGGSound, multi-hot labels in VGGSound's
   # order; data.train_split is then one of its splits). Evaluation always reads vggsound.
   config.data.train_dataset = "vggsound"
+  # A data set of your own labelled clips (`vggsound-build-clips --name NAME`), read by
+  # vggsound-crossval (docs/transfer.md); its folds split it into training and test clips.
+  config.data.clips = ""
   config.data.num_samples = CLIP_SAMPLES  # clip length after tiling (docs/original_pipeline.md#front-end)
   config.data.crop_samples = 0  # random training crop in samples; 0: the whole clip
   config.data.worker_count = 4  # Grain worker processes per host
@@ -83,6 +86,33 @@ def get_config() -> ml_collections.ConfigDict:
   # random init: those present in both with the same shape (a converted VGGish has no
   # classifier, which stays random). Ignored when the run resumes from its own checkpoint.
   config.init_from = ""
+
+  # Fine-tuning a model of other classes (configs/transfer.py sets these for the user's clips).
+  config.finetune = ml_collections.ConfigDict()
+  # With init_from: the classifier layer (models.config.HEAD_MODULES) starts random, sized for
+  # this data's classes, instead of being loaded; the backbone is loaded.
+  config.finetune.new_head = False
+  # Train the classifier layer only: the backbone's parameters and BatchNorm statistics stay as loaded.
+  config.finetune.freeze_backbone = False
+  # The backbone's learning rate is optimizer.learning_rate times this (the classifier's is 1x).
+  config.finetune.backbone_learning_rate_factor = 1.0
+
+  # Cross-validation over the folds of `data.clips` (vggsound-crossval): each fold in turn is
+  # the test set of a model trained on the others.
+  config.crossval = ml_collections.ConfigDict()
+  config.crossval.folds = ""  # the test folds to run, e.g. "1,2"; empty: every fold of the data
+
+  # The linear probe (vggsound-crossval --mode probe): a scikit-learn classifier per fold on the
+  # embeddings of `init_from`, computed once per (model, data set) and cached.
+  config.probe = ml_collections.ConfigDict()
+  config.probe.backend = "auto"  # "auto": the fastest here (OpenVINO on a CPU), "jax", "openvino"
+  config.probe.batch_size = 16  # clips per forward pass
+  # Clip length embedded (every clip tiled or cut to it); 0: the data's longest clip. Not the
+  # 10 s of training: an average-pooled (or NetVLAD) embedding of a clip tiled to 10 s is nearly
+  # that of the clip itself, at twice the cost for ESC-50's 5 s clips.
+  config.probe.num_samples = 0
+  config.probe.C = 1.0  # inverse L2 strength of the logistic regression on standardised embeddings
+  config.probe.max_iter = 1000
 
   config.augment = ml_collections.ConfigDict()
   config.augment.freq_masks = 2
@@ -170,6 +200,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.arch == "vggish" and shortest < VGGISH_MIN_SAMPLES:
     field = "data.crop_samples" if config.data.crop_samples else "data.num_samples"
     raise ConfigError(field, f"VGGish needs clips of at least one patch ({VGGISH_MIN_SAMPLES} samples, 0.975 s)")
+  if config.finetune.backbone_learning_rate_factor < 0:
+    raise ConfigError("finetune.backbone_learning_rate_factor", "must not be negative")
+  if config.finetune.new_head and not config.init_from:
+    raise ConfigError("finetune.new_head", "keeps the backbone of init_from, which is empty")
   if config.data.worker_count < 0:
     raise ConfigError("data.worker_count", f"{config.data.worker_count} is negative")
   if config.checkpoint.max_to_keep is not None and config.checkpoint.max_to_keep < 1:

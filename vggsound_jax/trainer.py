@@ -27,7 +27,8 @@ from vggsound_jax import sharding as sharding_lib
 from vggsound_jax import train_state as train_state_lib
 from vggsound_jax.errors import UserError
 from vggsound_jax.model_dir import save_model
-from vggsound_jax.models import ModelConfig, graphdefs, merge_model
+from vggsound_jax.models import GraphDefs, ModelConfig, graphdefs, merge_model
+from vggsound_jax.models.config import HEAD_MODULES
 from vggsound_jax.preemption import PreemptionFlag
 from vggsound_jax.warm_start import init_from_model_dir
 
@@ -77,8 +78,13 @@ def train_and_evaluate(
   tx = optimizers.make_optimizer(config, schedule)
   model_cfg = ModelConfig.from_config(config.model, num_classes)
   graphs = graphdefs(model_cfg)
+  if optimizers.backbone_frozen(config):
+    # The backbone in eval mode while training: its BatchNorm statistics stay as loaded too.
+    graphs = GraphDefs(train=graphs.eval, eval=graphs.eval)
   state = train_state_lib.create_train_state(model_cfg, tx, config.seed, mesh)
-  state = init_from_model_dir(state, config.init_from)  # a resumed run's checkpoint replaces it below
+  new_head = HEAD_MODULES[model_cfg.arch] if config.get("finetune", {}).get("new_head") else None
+  # A resumed run's checkpoint replaces it below.
+  state = init_from_model_dir(state, config.init_from, new_head=new_head)
   train_step = train_state_lib.make_train_step(config, graphs, tx, schedule, num_classes, mesh)
 
   manager = checkpoints.checkpoint_manager(workdir, config)

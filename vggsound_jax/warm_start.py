@@ -36,17 +36,19 @@ def _placed_like(value: np.ndarray, like: jax.Array) -> jax.Array:
 
 
 def load_into(
-  model_state: ModelState, source: ModelState, directory: str | os.PathLike
+  model_state: ModelState, source: ModelState, directory: str | os.PathLike, *, new_head: str | None = None
 ) -> tuple[ModelState, list[str]]:
   """`model_state` with every array of `source` put in its place; also the paths left as they were.
 
-  Raises ConfigError (config.init_from) naming the arrays of `source` the model lacks or whose
-  shape differs.
+  `new_head`: the name of a module of `source` not to load (the classifier layer of a model of
+  other classes, `config.finetune.new_head`). Raises ConfigError (config.init_from) naming the
+  arrays of `source` the model lacks or whose shape differs.
   """
   result, kept = {}, []
   for kind, target in model_state.items():
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(target))
     given = traverse_util.flatten_dict(nnx.to_pure_dict(source.get(kind, {})))
+    given = {p: v for p, v in given.items() if str(p[0]) != new_head}
     unknown = [_path(p) for p in given if p not in flat]
     mismatched = [
       f"{_path(p)} {tuple(v.shape)} (the run's: {tuple(flat[p].shape)})"
@@ -59,7 +61,8 @@ def load_into(
         for what, items in (("not in the model", unknown), ("wrong shape", mismatched))
         if items
       ]
-      raise ConfigError(FIELD, f"{directory}: does not fit this run's model ({'; '.join(problems)})")
+      hint = "" if new_head else "; for a classifier of other classes set finetune.new_head=True"
+      raise ConfigError(FIELD, f"{directory}: does not fit this run's model ({'; '.join(problems)}){hint}")
     kept += [f"{kind}.{_path(p)}" for p in flat if p not in given]
     flat.update({p: _placed_like(v, flat[p]) for p, v in given.items()})
     result[kind] = jax.tree.map(lambda x: x, target)  # a copy: `model_state` stays as it was
@@ -67,10 +70,12 @@ def load_into(
   return result, kept
 
 
-def init_from_model_dir(state: dict[str, Any], directory: str | os.PathLike) -> dict[str, Any]:
+def init_from_model_dir(
+  state: dict[str, Any], directory: str | os.PathLike, *, new_head: str | None = None
+) -> dict[str, Any]:
   """The train state with its model's parameters (and statistics) from a model directory.
 
-  `directory` empty: `state` unchanged. Raises ConfigError when the directory's model does not
+  `directory` empty: `state` unchanged. `new_head`: see `load_into`. Raises ConfigError when the directory's model does not
   fit the run's, ModelCheckpointError when it is not a readable model directory.
   """
   if not directory:
@@ -79,7 +84,7 @@ def init_from_model_dir(state: dict[str, Any], directory: str | os.PathLike) -> 
   from vggsound_jax.models import split_model  # noqa: PLC0415
 
   model, _ = load_model(os.path.expanduser(os.fspath(directory)))
-  model_state, kept = load_into(state["model"], split_model(model)[1], directory)
+  model_state, kept = load_into(state["model"], split_model(model)[1], directory, new_head=new_head)
   if len(kept) == len(jax.tree.leaves(model_state)):
     raise ConfigError(FIELD, f"{directory}: shares no parameter with this run's model")
   if jax.process_index() == 0:

@@ -18,6 +18,9 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 VGGISH_EMBEDDING_SIZE = 128
 
 ARCHS = ("resnet", "vggish")
+# The classifier layer of each architecture (its outputs are the classes): everything else is the
+# backbone, which fine-tuning loads from a model of other classes (`config.finetune`).
+HEAD_MODULES = {"resnet": "fc", "vggish": "classifier"}
 OUTPUTS = ("softmax", "sigmoid")
 
 
