@@ -13,9 +13,8 @@ import numpy as np
 from vggsound_jax.audio.decode import INT16_SCALE
 
 # The framing is defined once, in stft.py (numpy only, for the host side too).
-from vggsound_jax.audio.stft import HOP, NPERSEG, POWER_TO_LOG_SCALE, WINDOW, num_frames
+from vggsound_jax.audio.stft import HOP, NPERSEG, POWER_TO_LOG_SCALE, STD_EPS, WINDOW, num_frames
 
-STD_EPS = 1e-9
 
 
 def _frame_means(x: jnp.ndarray, starts: np.ndarray) -> jnp.ndarray:

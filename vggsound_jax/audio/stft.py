@@ -17,6 +17,7 @@ HOP = NPERSEG - NOVERLAP  # 159
 NUM_FREQ_BINS = NPERSEG // 2 + 1  # 257, one-sided
 TUKEY_ALPHA = 0.25  # scipy.signal.spectrogram's default window is ('tukey', 0.25)
 LOG_EPS = 1e-7
+STD_EPS = 1e-9  # the per-clip standardisation: (S - mean) / (std + STD_EPS)
 
 
 def periodic_tukey(length: int, alpha: float) -> np.ndarray:
