@@ -16,7 +16,6 @@ from vggsound_jax.audio.decode import INT16_SCALE
 from vggsound_jax.audio.stft import HOP, NPERSEG, POWER_TO_LOG_SCALE, STD_EPS, WINDOW, num_frames
 
 
-
 def _frame_means(x: jnp.ndarray, starts: np.ndarray) -> jnp.ndarray:
   """Mean of every frame, from a running sum of the int16 signal: one pass over the signal
   instead of a reduction over the (3.2x larger) framed array. Exact: int32 wrap-around cancels
