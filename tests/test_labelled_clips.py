@@ -146,7 +146,9 @@ def _command(module, *args):
   import sys
 
   code = f"from vggsound_jax.cli.{module} import run; run()"
-  return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=False)
+  return subprocess.run(
+    [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, encoding="utf-8", check=False
+  )
 
 
 @pytest.mark.slow

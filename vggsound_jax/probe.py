@@ -31,7 +31,7 @@ def embedding_cache_dir() -> Path:
 
 
 def cache_key(model_dir: str | os.PathLike, dataset_id: str, num_samples: int, backend: str, precision: str) -> str:
-  from vggsound_jax.serving.export import model_hash  # noqa: PLC0415
+  from vggsound_jax.serving.exported import model_hash  # noqa: PLC0415
 
   parts = (model_hash(model_dir), dataset_id, num_samples, backend, precision)
   return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:32]
