@@ -81,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.1
   # A model directory (converted or trained) whose parameters start a fresh run instead of a
   # random init: those present in both with the same shape (a converted VGGish has no
-  # classifier, which stays random). Ignored when the run resumes from its own checkpoint.
+  # classifier, which stays random). Neither read nor needed once the run has its own checkpoint.
   config.init_from = ""
 
   config.augment = ml_collections.ConfigDict()

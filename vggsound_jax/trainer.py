@@ -78,13 +78,13 @@ def train_and_evaluate(
   model_cfg = ModelConfig.from_config(config.model, num_classes)
   graphs = graphdefs(model_cfg)
   state = train_state_lib.create_train_state(model_cfg, tx, config.seed, mesh)
-  state = init_from_model_dir(state, config.init_from)  # a resumed run's checkpoint replaces it below
   train_step = train_state_lib.make_train_step(config, graphs, tx, schedule, num_classes, mesh)
 
   manager = checkpoints.checkpoint_manager(workdir, config)
   restored = checkpoints.restore(manager, state, mesh)
-  if restored is not None:
-    state = restored
+  # init_from starts a fresh run only: once the run has a checkpoint of its own, the warm-start
+  # directory is neither read nor needed (it may have been deleted since).
+  state = restored if restored is not None else init_from_model_dir(state, config.init_from)
   start_step = int(state["step"])
   if start_step and is_main:
     print(f"resuming from step {start_step} of {total_steps} ({manager.directory})", file=sys.stderr)
