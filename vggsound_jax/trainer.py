@@ -11,6 +11,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import os
 import sys
@@ -156,7 +157,30 @@ def train_and_evaluate(
   return results
 
 
+class _NoTorch(importlib.abc.MetaPathFinder):
+  """Makes `import torch` fail, as where PyTorch is not installed."""
+
+  def find_spec(self, name: str, path: object, target: object = None) -> None:
+    del path, target
+    if name == "torch" or name.startswith("torch."):
+      raise ImportError(f"{name} is not imported by training")
+
+
 def _summary_writer(workdir: Path):  # noqa: ANN202
+  """tensorboardX's SummaryWriter, without PyTorch in the process.
+
+  tensorboardX's writer module tries `import torch` on import, only to accept torch tensors too
+  (it goes on without it). That would bring all of PyTorch (a second, and its threads and
+  memory) into every training process; the values written here are Python floats. So
+  tensorboardX is imported with `import torch` failing, as where PyTorch is not installed.
+  """
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    hide = _NoTorch()
+    sys.meta_path.insert(0, hide)
+    try:
+      import tensorboardX  # noqa: F401, PLC0415
+    finally:
+      sys.meta_path.remove(hide)
   from tensorboardX import SummaryWriter  # noqa: PLC0415 - only process 0 writes events
 
   return SummaryWriter(str(workdir))
