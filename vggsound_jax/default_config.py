@@ -101,6 +101,11 @@ def get_config() -> ml_collections.ConfigDict:
   # the step; nothing after the last good checkpoint is kept), or "skip" its update and go on.
   config.nonfinite = "stop"
 
+  # Several processes: one that fails or dies ends all of them within seconds (faults.py); one
+  # that sends no heartbeat for this long (a frozen or unreachable host) counts as dead.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.heartbeat_timeout_seconds = 20
+
   config.eval = ml_collections.ConfigDict()
   config.eval.splits = ("test",)
   config.eval.batch_size = 64  # global
@@ -143,6 +148,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "model.width",
     "data.num_samples",
     "eval.num_samples",
+    "distributed.heartbeat_timeout_seconds",
   ):
     positive(field, value_of(field))
   if config.num_train_steps <= 0:
