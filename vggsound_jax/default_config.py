@@ -58,7 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_dataset = "vggsound"
   config.data.num_samples = CLIP_SAMPLES  # clip length after tiling (docs/original_pipeline.md#front-end)
   config.data.crop_samples = 0  # random training crop in samples; 0: the whole clip
-  config.data.worker_count = 4  # Grain worker processes per host
+  config.data.worker_count = 4  # Grain worker processes per host (docs/performance.md: cores per GPU)
+  config.data.read_threads = 2  # threads per loader process making training batches
+  config.data.prefetch_batches = 2  # training batches made ahead, per loader process
 
   config.batch_size = 256  # global, over all devices and hosts
   config.num_epochs = 50.0
@@ -149,6 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "data.num_samples",
     "eval.num_samples",
     "distributed.heartbeat_timeout_seconds",
+    "data.prefetch_batches",
   ):
     positive(field, value_of(field))
   if config.num_train_steps <= 0:
@@ -176,7 +179,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.arch == "vggish" and shortest < VGGISH_MIN_SAMPLES:
     field = "data.crop_samples" if config.data.crop_samples else "data.num_samples"
     raise ConfigError(field, f"VGGish needs clips of at least one patch ({VGGISH_MIN_SAMPLES} samples, 0.975 s)")
-  if config.data.worker_count < 0:
-    raise ConfigError("data.worker_count", f"{config.data.worker_count} is negative")
+  for field in ("data.worker_count", "data.read_threads"):
+    if value_of(field) < 0:
+      raise ConfigError(field, f"{value_of(field)} is negative")
   if config.checkpoint.max_to_keep is not None and config.checkpoint.max_to_keep < 1:
     raise ConfigError("checkpoint.max_to_keep", f"{config.checkpoint.max_to_keep} keeps no checkpoint")
