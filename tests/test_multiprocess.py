@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vggsound_jax import checkpoints, sharding
 from vggsound_jax.model_dir import load_model
+from vggsound_jax.models import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,8 +58,9 @@ def _env(devices: int, cache: Path) -> dict:
   )
 
 
-def _start(command, workdir, data_dir, cache, *, processes=1, devices=1, extra=(), port=None):
-  """`processes` copies of `vggsound-COMMAND` over a shared workdir and data_dir."""
+def _start(command, workdir, data_dir, cache, *, processes=1, devices=1, extra=(), port=None, wrap_first=()):
+  """`processes` copies of `vggsound-COMMAND` over a shared workdir and data_dir; process 0's
+  command line is prefixed with `wrap_first`."""
   args = [
     str(BIN / f"vggsound-{command}"),
     f"--config={REPO / 'configs' / 'demo.py'}",
@@ -71,6 +75,7 @@ def _start(command, workdir, data_dir, cache, *, processes=1, devices=1, extra=(
   return [
     subprocess.Popen(
       [
+        *(wrap_first if i == 0 else ()),
         *args,
         f"--coordinator_address=localhost:{port}",
         f"--num_processes={processes}",
@@ -180,6 +185,90 @@ def test_the_exported_model_evaluates_on_one_device(tmp, two_by_one):
   again = np.load(tmp / "again" / "eval" / "test" / "predictions.npz")
   first = np.load(tmp / "2x1" / "eval" / "test" / "predictions.npz")
   np.testing.assert_allclose(again["probs"], first["probs"], rtol=1e-3, atol=1e-5)
+
+
+def _finish_timed(procs, timeout=120):
+  """(seconds from now until it exited, returncode, stdout, stderr) of each process; none is
+  left running (seconds is None for one that had to be killed)."""
+  start, results = time.monotonic(), [None] * len(procs)
+
+  def read(i):
+    out, err = procs[i].communicate()
+    results[i] = (time.monotonic() - start, procs[i].returncode, out, err)
+
+  threads = [threading.Thread(target=read, args=(i,)) for i in range(len(procs))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(max(timeout - (time.monotonic() - start), 0))
+  late = [p for p in procs if p.poll() is None]
+  for p in late:
+    p.kill()
+  for t in threads:
+    t.join()
+  return [(None if p in late else seconds, *rest) for p, (seconds, *rest) in zip(procs, results, strict=True)]
+
+
+def _wait_for(path, procs, timeout=600):
+  deadline = time.monotonic() + timeout
+  while not path.exists():
+    assert time.monotonic() < deadline and all(p.poll() is None for p in procs), f"no {path}"
+    time.sleep(0.05)
+
+
+def test_a_killed_process_ends_the_run_at_once_and_its_last_checkpoint_restores(tmp, two_by_one, load_config):
+  workdir = tmp / "killed"
+  procs = _start("train", workdir, tmp / "data", tmp / "cache", processes=2)
+  _wait_for(workdir / "checkpoints" / "10", procs)
+  procs[1].send_signal(signal.SIGKILL)  # an OOM kill, a lost node
+  (seconds, rc, _, err), _ = _finish_timed(procs)
+  assert seconds is not None and seconds < 30 and rc == 1, err[-3000:]
+  assert "process 1 stopped" in _one_error_line(err)
+  assert "Extension modules" not in err and "Check failure" not in err
+
+  # The newest complete checkpoint is there and restores.
+  config = load_config("configs/demo.py", "model.width=4")
+  manager = checkpoints.checkpoint_manager(workdir, read_only=True)
+  step = manager.latest_step()
+  assert step >= 10
+  model_cfg = ModelConfig.from_config(config.model, 8)
+  state = checkpoints.restore_model_state(manager, model_cfg, sharding.make_mesh(jax.devices()[:1]))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+
+
+def _can_mount_read_only(directory):
+  probe = f"mount --bind {directory} {directory} && mount -o remount,bind,ro {directory} {directory}"
+  return (
+    shutil.which("unshare")
+    and subprocess.run(["unshare", "-m", "sh", "-c", probe], capture_output=True).returncode == 0
+  )
+
+
+def test_a_model_directory_only_process_0_cannot_write_ends_every_process(tmp, two_by_one):
+  workdir = tmp / "read_only_for_0"
+  (workdir / "model").mkdir(parents=True)  # empty: the run may replace it
+  if not _can_mount_read_only(workdir / "model"):
+    pytest.skip("needs unshare -m and mount (a mount namespace of its own for process 0)")
+  # Process 0 runs in a mount namespace of its own, where WORKDIR/model is read-only.
+  model = workdir / "model"
+  remount = f'mount --bind {model} {model} && mount -o remount,bind,ro {model} {model} && exec "$@"'
+  procs = _start(
+    "train",
+    workdir,
+    tmp / "data",
+    tmp / "cache",
+    processes=2,
+    extra=["--config.num_train_steps=2"],
+    wrap_first=["unshare", "-m", "sh", "-c", remount, "sh"],
+  )
+  results = _finish_timed(procs, timeout=600)
+  times = [seconds for seconds, *_ in results]
+  assert None not in times and abs(times[0] - times[1]) < 30, times
+  for i, (_, rc, _, err) in enumerate(results):
+    line = _one_error_line(err)
+    assert rc == 1 and "model" in line and f"stopping process {i}" in line, err[-3000:]
+  assert "process 0 failed" in _one_error_line(results[1][3])
+  assert not any(model.iterdir())  # nothing was written where process 0 could not write
 
 
 def _one_error_line(err: str) -> str:

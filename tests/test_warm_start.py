@@ -114,3 +114,10 @@ def test_a_vggish_run_trains_from_the_directory_checkpoints_and_exports(pretrain
     np.asarray(nnx.to_pure_dict(restored["model"]["params"])["fc2"]["kernel"]), np.asarray(trained["fc2"]["kernel"])
   )
   manager.close()
+
+  # Resuming needs the run's own checkpoint only: the warm-start directory may be gone by then.
+  longer = _vggish_config(4)
+  longer.init_from = str(tmp_path / "deleted_since")
+  longer.checkpoint.save_interval_steps = 3
+  trainer.train_and_evaluate(longer, tmp_path, data=_multi_hot(tiny_data()))
+  assert load_model(tmp_path / "model")[1]["source"]["step"] == 4

@@ -61,7 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.clips = ""
   config.data.num_samples = CLIP_SAMPLES  # clip length after tiling (docs/original_pipeline.md#front-end)
   config.data.crop_samples = 0  # random training crop in samples; 0: the whole clip
-  config.data.worker_count = 4  # Grain worker processes per host
+  config.data.worker_count = 4  # Grain worker processes per host (docs/performance.md: cores per GPU)
+  config.data.read_threads = 2  # threads per loader process making training batches
+  config.data.prefetch_batches = 2  # training batches made ahead, per loader process
 
   config.batch_size = 256  # global, over all devices and hosts
   config.num_epochs = 50.0
@@ -84,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.1
   # A model directory (converted or trained) whose parameters start a fresh run instead of a
   # random init: those present in both with the same shape (a converted VGGish has no
-  # classifier, which stays random). Ignored when the run resumes from its own checkpoint.
+  # classifier, which stays random). Neither read nor needed once the run has its own checkpoint.
   config.init_from = ""
 
   # Fine-tuning a model of other classes (configs/transfer.py sets these for the user's clips).
@@ -131,6 +133,11 @@ def get_config() -> ml_collections.ConfigDict:
   # the step; nothing after the last good checkpoint is kept), or "skip" its update and go on.
   config.nonfinite = "stop"
 
+  # Several processes: one that fails or dies ends all of them within seconds (faults.py); one
+  # that sends no heartbeat for this long (a frozen or unreachable host) counts as dead.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.heartbeat_timeout_seconds = 20
+
   config.eval = ml_collections.ConfigDict()
   config.eval.splits = ("test",)
   config.eval.batch_size = 64  # global
@@ -173,6 +180,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "model.width",
     "data.num_samples",
     "eval.num_samples",
+    "distributed.heartbeat_timeout_seconds",
+    "data.prefetch_batches",
   ):
     positive(field, value_of(field))
   if config.num_train_steps <= 0:
@@ -204,7 +213,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("finetune.backbone_learning_rate_factor", "must not be negative")
   if config.finetune.new_head and not config.init_from:
     raise ConfigError("finetune.new_head", "keeps the backbone of init_from, which is empty")
-  if config.data.worker_count < 0:
-    raise ConfigError("data.worker_count", f"{config.data.worker_count} is negative")
+  for field in ("data.worker_count", "data.read_threads"):
+    if value_of(field) < 0:
+      raise ConfigError(field, f"{value_of(field)} is negative")
   if config.checkpoint.max_to_keep is not None and config.checkpoint.max_to_keep < 1:
     raise ConfigError("checkpoint.max_to_keep", f"{config.checkpoint.max_to_keep} keeps no checkpoint")

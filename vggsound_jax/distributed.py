@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from vggsound_jax import faults
 from vggsound_jax.errors import UserError
 
 
@@ -36,11 +37,14 @@ def initialize(
   process_id: int | None = None,
   local_device_ids: Sequence[int] | None = None,
   timeout_seconds: int = 300,
+  heartbeat_timeout_seconds: int = 20,
 ) -> None:
   """Joins the run's other processes; a no-op for a single process.
 
   With none of the explicit arguments, `multiprocess` asks JAX to detect the cluster. A
-  coordinator that cannot be reached within `timeout_seconds` is one error naming it.
+  coordinator that cannot be reached within `timeout_seconds` is one error naming it. Once
+  joined, a process that fails or dies ends every process (`faults.py`); one that stops
+  sending heartbeats counts as dead after `heartbeat_timeout_seconds`.
   """
   explicit = {
     "--coordinator_address": coordinator_address,
@@ -65,6 +69,7 @@ def initialize(
   watchdog = threading.Timer(timeout_seconds, _give_up, args=(where, timeout_seconds))
   watchdog.daemon = True
   watchdog.start()
+  faults.enable_recovery()
   try:
     jax.distributed.initialize(
       coordinator_address,
@@ -72,12 +77,14 @@ def initialize(
       process_id,
       local_device_ids,
       initialization_timeout=timeout_seconds + _JAX_GRACE_SECONDS,
+      heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
   except Exception as e:  # noqa: BLE001 - JAX raises several kinds; the user needs one line
     first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise LaunchError(f"cannot join the run through {where} ({first_line})") from None
   finally:
     watchdog.cancel()
+  faults.watch()
 
 
 _JAX_GRACE_SECONDS = 30

@@ -10,7 +10,9 @@ iterator state is saved.
 
 Training: a new shuffle every epoch, the waveform tiled to 10 s exactly as
 `vggsound_jax.audio.decode.to_clip` (docs/original_pipeline.md#front-end), then optionally a random
-crop. Evaluation: one pass in order, the last global batch padded and marked with `mask`.
+crop; a whole batch is the unit of work (each clip copied once, straight into its row), and
+each Grain worker process makes whole batches. Evaluation: one pass in order, the last global
+batch padded and marked with `mask`.
 
 `source` may be any random-access sequence of dicts with "audio" (1-D int16) and "label".
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import math
 import os
 import threading
@@ -88,10 +91,20 @@ def _check_worker_count(worker_count: int) -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def _exit_with_parent(worker_index: int, worker_count: int) -> None:
-  """Grain worker start-up: exit when the training process dies (even by SIGKILL)."""
+# Set in Grain worker processes only (by their start-up, `_start_worker`): a batch made there is
+# allocated in shared memory, which Grain hands to the training process without copying it.
+_in_worker = {"shared_memory": False}
+
+
+def _start_worker(parent: int, worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: batches into shared memory, and exit when the training process
+  `parent` dies (even by SIGKILL).
+
+  `parent` is the pid the training process gave, not this worker's parent at start-up: a
+  worker still starting when the training process died has been handed to init already.
+  """
   del worker_index, worker_count
-  parent = os.getppid()
+  _in_worker["shared_memory"] = True
 
   def watch() -> None:
     while os.getppid() == parent:
@@ -109,9 +122,24 @@ def _iterate(examples: grain.MapDataset, local_batch: int, worker_count: int) ->
     # Workers take interleaved slices of single examples and Grain merges them back in order;
     # batching after the merge keeps the batches independent of the number of workers.
     dataset = dataset.mp_prefetch(
-      grain.MultiprocessingOptions(num_workers=worker_count), worker_init_fn=_exit_with_parent
+      grain.MultiprocessingOptions(num_workers=worker_count),
+      worker_init_fn=functools.partial(_start_worker, os.getpid()),
     )
   return iter(dataset.batch(local_batch, drop_remainder=True))
+
+
+def _iterate_batches(batches: grain.MapDataset, worker_count: int, read_threads: int, prefetch: int) -> Iterator[dict]:
+  """`batches` in order; each worker process makes whole batches (every worker_count-th one),
+  with `read_threads` threads and up to `prefetch` batches made ahead (Grain's default, 500
+  elements, would be 40 GB of 10 s batches of 256)."""
+  _check_worker_count(worker_count)
+  dataset = batches.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+  if worker_count > 0:
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=worker_count),
+      worker_init_fn=functools.partial(_start_worker, os.getpid()),
+    )
+  return iter(dataset)
 
 
 def _check_rows(rows: Sequence[int], global_batch_size: int) -> np.ndarray:
@@ -123,10 +151,24 @@ def _check_rows(rows: Sequence[int], global_batch_size: int) -> np.ndarray:
   return rows
 
 
-class _TrainExample:
-  """Local example `i` of a process that feeds `rows` of every global batch.
+def _fill_tiled(out: np.ndarray, clip: np.ndarray, start: int) -> None:
+  """`out[:] = to_clip(clip, n)[start : start + len(out)]` for any n that holds the window: the
+  clip repeated end to end, read from `start`, copied once without building the tiled clip."""
+  if clip.size == 0:
+    raise ValueError("cannot tile an empty waveform")
+  position, filled = start % clip.size, 0
+  while filled < out.size:
+    take = min(clip.size - position, out.size - filled)
+    out[filled : filled + take] = clip[position : position + take]
+    filled, position = filled + take, 0
 
-  Everything is a function of the example's global position g = step * global_batch_size + row:
+
+class _TrainBatch:
+  """Rows `rows` of global training batch `step`, made whole: each clip is copied once,
+  straight into its row (a batch, not single examples, is the unit of work: no per-example
+  pipeline overhead, no tiled copy, no stacking).
+
+  Everything is a function of an example's global position g = step * global_batch_size + row:
   which record (a new shuffle every epoch), and its random crop (a generator seeded with
   (seed, g)). So the batches, and the model trained on them, depend neither on how the devices
   are split into processes nor on the number of loader workers, and a run resumes at any step
@@ -145,21 +187,35 @@ class _TrainExample:
   ) -> None:
     if crop_samples is not None and not 0 < crop_samples <= num_samples:
       raise ConfigError("data.crop_samples", f"{crop_samples} is not in (0, num_samples={num_samples}]")
-    # Index g of `records` is position g of an endless stream of per-epoch shuffles.
-    self.records = grain.MapDataset.source(source).shuffle(seed=seed)
-    self.seed, self.global_batch_size, self.rows = seed, global_batch_size, rows
+    self.source, self.seed, self.global_batch_size, self.rows = source, seed, global_batch_size, rows
     self.num_samples, self.crop_samples = num_samples, crop_samples
+    self._epoch, self._order = -1, np.empty(0, np.int64)
 
-  def __call__(self, i: int) -> dict[str, Any]:
-    step, k = divmod(int(i), len(self.rows))
-    position = step * self.global_batch_size + int(self.rows[k])
-    element = self.records[position]
-    audio = to_clip(np.asarray(element["audio"], np.int16), self.num_samples)
-    if self.crop_samples is not None:
-      rng = np.random.default_rng([self.seed, position])
-      start = rng.integers(0, self.num_samples - self.crop_samples + 1)
-      audio = audio[start : start + self.crop_samples]
-    return {"audio": audio, "label": np.int32(element["label"])}
+  def _record(self, position: int) -> int:
+    """The record at `position` of an endless stream of per-epoch shuffles. One numpy
+    permutation per epoch, kept: looking each position up in Grain's shuffle cost ~100 us."""
+    epoch, i = divmod(position, len(self.source))
+    if epoch != self._epoch:
+      self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+    return int(self._order[i])
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    positions = int(step) * self.global_batch_size + self.rows
+    # One record at a time: ArrayRecord's batched read (`__getitems__`, a thread pool) was
+    # slower per clip on one core (benchmarks/benchmark_data.py).
+    elements = [self.source[self._record(int(g))] for g in positions]
+    # In a worker, the batch is made in shared memory: 80 MB of 10 s clips at batch 256 would
+    # otherwise be copied there once more by Grain.
+    allocate = grain.multiprocessing.SharedMemoryArray if _in_worker["shared_memory"] else np.empty
+    audio = allocate((len(self.rows), self.crop_samples or self.num_samples), np.int16)
+    for row, (element, position) in enumerate(zip(elements, positions, strict=True)):
+      start = 0
+      if self.crop_samples is not None:
+        rng = np.random.default_rng([self.seed, int(position)])
+        start = int(rng.integers(0, self.num_samples - self.crop_samples + 1))
+      _fill_tiled(audio[row], np.asarray(element["audio"], np.int16), start)
+    label = np.stack([np.asarray(element["label"], np.int32) for element in elements])
+    return {"audio": audio, "label": label}
 
 
 def train_batches(
@@ -173,6 +229,8 @@ def train_batches(
   num_samples: int = CLIP_SAMPLES,
   crop_samples: int | None = None,
   worker_count: int = 0,
+  read_threads: int = 2,
+  prefetch_batches: int = 2,
 ) -> Iterator[dict]:
   """This process's part of the training batches `start_step` .. `num_steps - 1`.
 
@@ -182,7 +240,7 @@ def train_batches(
   rows = _check_rows(rows, global_batch_size)
   if not len(source):
     raise ValueError("the training split has no examples")
-  example = _TrainExample(
+  make_batch = _TrainBatch(
     source,
     seed=seed,
     global_batch_size=global_batch_size,
@@ -190,8 +248,8 @@ def train_batches(
     num_samples=num_samples,
     crop_samples=crop_samples,
   )
-  examples = grain.MapDataset.range(start_step * len(rows), num_steps * len(rows)).map(example)
-  return _iterate(examples, len(rows), worker_count)
+  batches = grain.MapDataset.range(start_step, num_steps).map(make_batch)
+  return _iterate_batches(batches, worker_count, read_threads, prefetch_batches)
 
 
 class _EvalExample:
@@ -290,6 +348,8 @@ def train_iterator(
     num_samples=config.data.num_samples,
     crop_samples=config.data.crop_samples or None,
     worker_count=config.data.worker_count,
+    read_threads=config.data.read_threads,
+    prefetch_batches=config.data.prefetch_batches,
   )
 
 

@@ -11,6 +11,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import os
 import sys
@@ -82,15 +83,17 @@ def train_and_evaluate(
     # The backbone in eval mode while training: its BatchNorm statistics stay as loaded too.
     graphs = GraphDefs(train=graphs.eval, eval=graphs.eval)
   state = train_state_lib.create_train_state(model_cfg, tx, config.seed, mesh)
-  new_head = HEAD_MODULES[model_cfg.arch] if config.get("finetune", {}).get("new_head") else None
-  # A resumed run's checkpoint replaces it below.
-  state = init_from_model_dir(state, config.init_from, new_head=new_head)
   train_step = train_state_lib.make_train_step(config, graphs, tx, schedule, num_classes, mesh)
 
   manager = checkpoints.checkpoint_manager(workdir, config)
   restored = checkpoints.restore(manager, state, mesh)
+  # init_from starts a fresh run only: once the run has a checkpoint of its own, the warm-start
+  # directory is neither read nor needed (it may have been deleted since).
   if restored is not None:
     state = restored
+  else:
+    new_head = HEAD_MODULES[model_cfg.arch] if config.get("finetune", {}).get("new_head") else None
+    state = init_from_model_dir(state, config.init_from, new_head=new_head)
   start_step = int(state["step"])
   if start_step and is_main:
     print(f"resuming from step {start_step} of {total_steps} ({manager.directory})", file=sys.stderr)
@@ -162,7 +165,30 @@ def train_and_evaluate(
   return results
 
 
+class _NoTorch(importlib.abc.MetaPathFinder):
+  """Makes `import torch` fail, as where PyTorch is not installed."""
+
+  def find_spec(self, name: str, path: object, target: object = None) -> None:
+    del path, target
+    if name == "torch" or name.startswith("torch."):
+      raise ImportError(f"{name} is not imported by training")
+
+
 def _summary_writer(workdir: Path):  # noqa: ANN202
+  """tensorboardX's SummaryWriter, without PyTorch in the process.
+
+  tensorboardX's writer module tries `import torch` on import, only to accept torch tensors too
+  (it goes on without it). That would bring all of PyTorch (a second, and its threads and
+  memory) into every training process; the values written here are Python floats. So
+  tensorboardX is imported with `import torch` failing, as where PyTorch is not installed.
+  """
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    hide = _NoTorch()
+    sys.meta_path.insert(0, hide)
+    try:
+      import tensorboardX  # noqa: F401, PLC0415
+    finally:
+      sys.meta_path.remove(hide)
   from tensorboardX import SummaryWriter  # noqa: PLC0415 - only process 0 writes events
 
   return SummaryWriter(str(workdir))

@@ -12,6 +12,7 @@ import logging as py_logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,17 +47,34 @@ def run_app(main: Callable[[list[str]], None]) -> None:
       main(argv)
     except USER_ERRORS as e:
       if _DEBUG.value:
+        _end_run_if_shared(f"{type(e).__name__}: {_one_line(e)}", traceback_first=True)
         raise
-      message = " ".join(str(e).split()) or type(e).__name__
-      print(f"error: {message}", file=sys.stderr)
+      _end_run_if_shared(_one_line(e))
+      print(f"error: {_one_line(e)}", file=sys.stderr)
       sys.exit(1)
     except KeyboardInterrupt:
       if _DEBUG.value:
         raise
+      _end_run_if_shared("interrupted")
       print("interrupted", file=sys.stderr)  # what was kept, the command has said
       sys.exit(130)  # the shell's code for Ctrl-C
+    except Exception as e:
+      _end_run_if_shared(f"{type(e).__name__}: {_one_line(e)}", traceback_first=True)
+      raise
 
   app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def _end_run_if_shared(message: str, *, traceback_first: bool = False) -> None:
+  """In a multi-process run, tells the other processes and exits (faults.fail): they would
+  otherwise wait for this one at their next collective."""
+  faults = sys.modules.get("vggsound_jax.faults")  # only a joined run has imported it (and jax)
+  if faults is not None and faults.watching():
+    faults.fail(message, traceback.format_exc() if traceback_first else "")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _VGGSOUNDER.value:
     _CONFIG.value.eval.vggsounder = True
-  launch.start()
+  launch.start(_CONFIG.value)
   from vggsound_jax import evaluation, sharding, vggsounder  # noqa: PLC0415 - keeps --help fast
 
   if _CONFIG.value.eval.vggsounder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_collections
 from absl import flags
 
 _MULTIPROCESS = flags.DEFINE_bool(
@@ -21,8 +22,8 @@ _TIMEOUT = flags.DEFINE_integer(
 )
 
 
-def start() -> None:
-  """Joins a multi-process run if asked, and caches compiled programs on disk."""
+def start(config: ml_collections.ConfigDict) -> None:
+  """Joins a multi-process run if asked (`config.distributed` tunes it), and caches compiled programs on disk."""
   from vggsound_jax import distributed  # noqa: PLC0415 - keeps --help fast
   from vggsound_jax.compilation_cache import enable_compilation_cache  # noqa: PLC0415
 
@@ -34,5 +35,6 @@ def start() -> None:
     process_id=_PROCESS_ID.value,
     local_device_ids=local,
     timeout_seconds=_TIMEOUT.value,
+    heartbeat_timeout_seconds=config.distributed.heartbeat_timeout_seconds,
   )
   enable_compilation_cache()

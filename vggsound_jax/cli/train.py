@@ -29,7 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, log
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  launch.start()
+  launch.start(_CONFIG.value)
   from vggsound_jax import trainer  # noqa: PLC0415 - keeps --help fast
 
   results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
