@@ -35,12 +35,12 @@ _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed per worker count."
 
 
 def _write_fixtures(manual_dir: Path, num_clips: int, fmt: str) -> None:
-  import av  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-  import soundfile as sf  # noqa: PLC0415
+  import av
+  import numpy as np
+  import soundfile as sf
 
-  from vggsound_jax.audio.decode import CLIP_SECONDS, SAMPLE_RATE  # noqa: PLC0415
-  from vggsound_jax.labels import class_names  # noqa: PLC0415
+  from vggsound_jax.audio.decode import CLIP_SECONDS, SAMPLE_RATE
+  from vggsound_jax.labels import class_names
 
   names = class_names()
   rng = np.random.default_rng(0)
@@ -82,7 +82,7 @@ def _best_of(repeats: int, fn):  # noqa: ANN001, ANN202
 def _uncompressed_reads(records: list, indices: list, data_dir: Path) -> list:
   """Reads `records` back one at a time from an ArrayRecord file written without compression
   (the build's files use zstd level 3): what the read would cost with that choice."""
-  from array_record.python import array_record_data_source, array_record_module  # noqa: PLC0415
+  from array_record.python import array_record_data_source, array_record_module
 
   path = data_dir / "uncompressed.array_record"
   if not path.exists():
@@ -96,10 +96,10 @@ def _uncompressed_reads(records: list, indices: list, data_dir: Path) -> list:
 
 def _stages(data_dir: Path, source) -> None:  # noqa: ANN001
   """Where one training batch's time goes, on one core: each stage of the loader on its own."""
-  import numpy as np  # noqa: PLC0415
-  import tensorflow_datasets as tfds  # noqa: PLC0415
+  import numpy as np
+  import tensorflow_datasets as tfds
 
-  from vggsound_jax import input_pipeline  # noqa: PLC0415
+  from vggsound_jax import input_pipeline
 
   builder = tfds.builder("vggsound/full", data_dir=str(data_dir))
   raw = builder.as_data_source("train", deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
@@ -138,8 +138,8 @@ def _stages(data_dir: Path, source) -> None:  # noqa: ANN001
 
 def main(argv):
   del argv
-  from vggsound_jax import input_pipeline  # noqa: PLC0415
-  from vggsound_jax.datasets import vggsound  # noqa: PLC0415
+  from vggsound_jax import input_pipeline
+  from vggsound_jax.datasets import vggsound
 
   root = Path(tempfile.mkdtemp(prefix="vggsound_bench_"))
   try:

@@ -36,14 +36,14 @@ def main(argv: list[str]) -> None:
 
 
 def run(tmp: Path) -> None:
-  from benchmark_utils import machine, print_table  # noqa: PLC0415
+  from benchmark_utils import machine, print_table
 
-  from vggsound_jax import crossval, default_config, probe  # noqa: PLC0415
-  from vggsound_jax.datasets import labelled  # noqa: PLC0415
-  from vggsound_jax.model_dir import save_model  # noqa: PLC0415
-  from vggsound_jax.models import ModelConfig  # noqa: PLC0415
-  from vggsound_jax.testing import labelled_clips  # noqa: PLC0415
-  from vggsound_jax.testing.random_model import random_model, with_unit_statistics  # noqa: PLC0415
+  from vggsound_jax import crossval, default_config, probe
+  from vggsound_jax.datasets import labelled
+  from vggsound_jax.model_dir import save_model
+  from vggsound_jax.models import ModelConfig
+  from vggsound_jax.testing import labelled_clips
+  from vggsound_jax.testing.random_model import random_model, with_unit_statistics
 
   per_class = max(1, _NUM_CLIPS.value // NUM_CLASSES)
   num_clips = per_class * NUM_CLASSES

@@ -34,7 +34,7 @@ def machine() -> str:
         break
   except OSError:
     pass
-  import jax  # noqa: PLC0415
+  import jax
 
   devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
   return (

@@ -35,8 +35,8 @@ COLOURS = 256
 
 def synthetic_recording(seconds: float, seed: int) -> np.ndarray:
   """int16 at 16 kHz: the synthetic classes' sounds, 2-5 s each with 1-6 s of quiet noise between."""
-  from vggsound_jax.audio.decode import SAMPLE_RATE  # noqa: PLC0415
-  from vggsound_jax.datasets import synthetic  # noqa: PLC0415
+  from vggsound_jax.audio.decode import SAMPLE_RATE
+  from vggsound_jax.datasets import synthetic
 
   rng = np.random.default_rng(seed)
   n = int(seconds * SAMPLE_RATE)
@@ -52,9 +52,9 @@ def synthetic_recording(seconds: float, seed: int) -> np.ndarray:
 
 def random_model_dir(directory: Path, seed: int) -> Path:
   """A random width-8 ResNet-18 with VGGSound's classes, written as a model directory."""
-  from vggsound_jax import labels  # noqa: PLC0415
-  from vggsound_jax.model_dir import save_model  # noqa: PLC0415
-  from vggsound_jax.models import ModelConfig, build_model  # noqa: PLC0415
+  from vggsound_jax import labels
+  from vggsound_jax.model_dir import save_model
+  from vggsound_jax.models import ModelConfig, build_model
 
   model = build_model(ModelConfig(width=8, num_classes=labels.NUM_CLASSES), seed=seed)
   return save_model(directory / "model", model, class_names=labels.class_names(), source={"random": True})
@@ -71,11 +71,11 @@ def random_head(embeddings: np.ndarray, num_classes: int, seed: int) -> np.ndarr
 
 def make_example(output: Path = OUTPUT, seconds: float = SECONDS, seed: int = SEED) -> Path:
   """Tags a synthetic recording with a random model and writes its timeline, small, to `output`."""
-  import soundfile as sf  # noqa: PLC0415
-  from PIL import Image  # noqa: PLC0415 - matplotlib's own dependency
+  import soundfile as sf
+  from PIL import Image  # matplotlib's own dependency
 
-  from vggsound_jax import Tagger, plots  # noqa: PLC0415
-  from vggsound_jax.audio.decode import SAMPLE_RATE  # noqa: PLC0415
+  from vggsound_jax import Tagger, plots
+  from vggsound_jax.audio.decode import SAMPLE_RATE
 
   with tempfile.TemporaryDirectory() as tmp:
     recording = Path(tmp) / "field_recording.wav"

@@ -47,8 +47,8 @@ def load_config_fixture():
 def tiny_converted(tmp_path_factory):
   """A width-4 ResNet-18 avgpool with random weights, saved as the release saves its models and
   converted: (the PyTorch model, the folder holding `tiny.pth.tar` and the model directory `model`)."""
-  from vggsound_jax.conversion import convert  # noqa: PLC0415 - jax, flax: only for the tests that use it
-  from vggsound_jax.testing import torch_reference  # noqa: PLC0415 - torch: only for the tests that use it
+  from vggsound_jax.conversion import convert  # jax, flax: only for the tests that use it
+  from vggsound_jax.testing import torch_reference  # torch: only for the tests that use it
 
   tmp = tmp_path_factory.mktemp("tiny_converted")
   model = torch_reference.randomize_(torch_reference.build_torch_model(18, "avgpool", width=4), seed=5).eval()

@@ -21,6 +21,10 @@ TRAINING_CORE = (
   "vggsound_jax.sharding",
   "vggsound_jax.optimizers",
   "vggsound_jax.warm_start",
+  "vggsound_jax.finetune",
+  "vggsound_jax.probe",
+  "vggsound_jax.crossval",
+  "vggsound_jax.faults",
 )
 # Subpackage -> what none of its modules may import.
 FORBIDDEN = {

@@ -96,7 +96,7 @@ print(attempts, sorted({n.split(".")[0] for n in sys.modules} & {"torch", "tenso
 
 @pytest.mark.slow
 def test_training_and_evaluation_run_with_torch_and_tensorflow_blocked(tmp_path):
-  from vggsound_jax import input_pipeline  # noqa: PLC0415
+  from vggsound_jax import input_pipeline
 
   input_pipeline.ensure_synthetic(tmp_path / "data")  # a build may use TensorFlow; reading may not
   workdir = tmp_path / "run"

@@ -9,7 +9,7 @@ from typing import Any
 def __getattr__(name: str) -> Any:
   # Lazily, so that `import vggsound_jax.labels` (and every command's --help) stays light.
   if name == "Tagger":
-    from vggsound_jax.serving.tagger import Tagger  # noqa: PLC0415
+    from vggsound_jax.serving.tagger import Tagger
 
     return Tagger
   raise AttributeError(f"module 'vggsound_jax' has no attribute {name!r}")

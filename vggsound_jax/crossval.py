@@ -11,7 +11,6 @@ fold is marked by FOLD_RESULT, written last and atomically, and never run again.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -20,8 +19,14 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from vggsound_jax import evaluation, trainer
 from vggsound_jax import metrics as metrics_lib
+from vggsound_jax.datasets.labelled import LabelledData
 from vggsound_jax.errors import ConfigError
+from vggsound_jax.finetune import adopt_architecture
+from vggsound_jax.input_pipeline import Data
+from vggsound_jax.plots import plot_cross_validation
+from vggsound_jax.probe import compute_embeddings, fit_predict
 
 MODES = ("finetune", "probe")
 FOLD_DIR = "fold_{}"
@@ -30,18 +35,6 @@ SUMMARY_JSON, SUMMARY_CSV, SUMMARY_PLOT = "summary.json", "summary.csv", "summar
 TEST_SPLIT = "test"
 # What the summary reports of each fold: accuracy is top-1 of metrics.compute_metrics.
 SUMMARY_METRICS = {"accuracy": "top1", "mAP": "mAP"}
-
-
-@dataclasses.dataclass
-class LabelledData:
-  """A labelled-clips data set opened for cross-validation (`datasets.labelled.open_clips`)."""
-
-  source: Sequence[dict]  # element i: {"audio", "label", "fold", "clip_id"}
-  class_names: tuple[str, ...]
-  labels: np.ndarray  # (N,) int, of each element
-  folds: np.ndarray  # (N,) int
-  dataset_id: str  # names the content (the build's fingerprint): keys the embedding cache
-  longest: int  # samples of the longest clip
 
 
 class Subset(Sequence):
@@ -99,8 +92,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, data: Lab
   workdir = Path(workdir)
   folds = test_folds(config, data)
   if mode == "finetune":
-    from vggsound_jax.finetune import adopt_architecture  # noqa: PLC0415
-
     config = adopt_architecture(config)
   elif not config.init_from:
     raise ConfigError("init_from", "the probe needs a model directory whose embeddings it reads")
@@ -131,8 +122,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, data: Lab
 
 
 def _finetune_fold(config, fold_dir: Path, data: LabelledData, train: np.ndarray, test: np.ndarray) -> dict:  # noqa: ANN001
-  from vggsound_jax import trainer  # noqa: PLC0415 - jax and orbax are heavy
-  from vggsound_jax.input_pipeline import Data  # noqa: PLC0415
 
   fold_data = Data(data.class_names, Subset(data.source, train), {TEST_SPLIT: Subset(data.source, test)})
   config = ml_collections.ConfigDict(config.to_dict())
@@ -151,7 +140,6 @@ def probe_num_samples(config: ml_collections.ConfigDict, data: LabelledData) -> 
 
 
 def _embeddings(config: ml_collections.ConfigDict, data: LabelledData) -> np.ndarray:
-  from vggsound_jax.probe import compute_embeddings  # noqa: PLC0415
 
   return compute_embeddings(
     data.source,
@@ -171,8 +159,6 @@ def _probe_fold(
   train: np.ndarray,
   test: np.ndarray,
 ) -> dict:
-  from vggsound_jax import evaluation  # noqa: PLC0415
-  from vggsound_jax.probe import fit_predict  # noqa: PLC0415
 
   probs = fit_predict(embeddings, data.labels, train, test, len(data.class_names), config.probe, seed=config.seed)
   predictions = {"index": test, "probs": probs, "labels": data.labels[test]}
@@ -204,12 +190,7 @@ def write_summary(workdir: Path, results: list[dict], *, mode: str, class_names:
 
 
 def _plot(workdir: Path, results: list[dict]) -> None:
-  """summary.png, the per-fold accuracy, drawn by `vggsound_jax.plots` (no figure where that
-  module is not installed: the summary's numbers do not depend on it)."""
-  try:
-    from vggsound_jax.plots import plot_cross_validation  # noqa: PLC0415
-  except ImportError:
-    return
+  """summary.png: the accuracy of each fold."""
   folds = [f"fold {r['fold']}" for r in results]
   plot_cross_validation(folds, [r["accuracy"] for r in results], workdir / SUMMARY_PLOT)
 

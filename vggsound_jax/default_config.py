@@ -157,12 +157,12 @@ def get_config() -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first field whose value cannot work."""
   # Imported here: config files load this module, and should load fast.
-  from vggsound_jax.audio.stft import NPERSEG  # noqa: PLC0415
-  from vggsound_jax.audio.vggish_frontend import MIN_SAMPLES as VGGISH_MIN_SAMPLES  # noqa: PLC0415
-  from vggsound_jax.datasets import audioset, vggsound  # noqa: PLC0415
-  from vggsound_jax.models.config import ARCHS, DEPTHS, OUTPUTS  # noqa: PLC0415
-  from vggsound_jax.models.vggish import PATCH_AGGREGATIONS  # noqa: PLC0415
-  from vggsound_jax.train_state import NONFINITE_POLICIES  # noqa: PLC0415
+  from vggsound_jax.audio.stft import NPERSEG
+  from vggsound_jax.audio.vggish_frontend import MIN_SAMPLES as VGGISH_MIN_SAMPLES
+  from vggsound_jax.datasets import audioset, vggsound
+  from vggsound_jax.models.config import ARCHS, DEPTHS, OUTPUTS
+  from vggsound_jax.models.vggish import PATCH_AGGREGATIONS
+  from vggsound_jax.train_state import NONFINITE_POLICIES
 
   def positive(field: str, value: float) -> None:
     if not value > 0:

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -71,7 +72,6 @@ def predict(
   Rows come back sorted by example index, on every process; `clip_id` is included when the
   batches carry it (each process reads its own rows' ids, and they are gathered).
   """
-  import tqdm
 
   probs, labels, indices, local_ids = [], [], [], []
   for batch in tqdm.tqdm(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import faulthandler
+import os
 import sys
 import threading
 import time
@@ -50,7 +51,7 @@ def enable_recovery() -> None:
 
 
 def _client():  # noqa: ANN202
-  from jax._src import distributed as jax_distributed  # noqa: PLC0415 - JAX exposes no public handle
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415 - private: JAX exposes no public handle
 
   return jax_distributed.global_state.client
 
@@ -116,7 +117,6 @@ def _end(message: str, *, blocking: bool = False) -> None:
   sys.stdout.flush()
   if _state["index"] == 0:
     _wait_for_others_to_leave(_LEAVE_SECONDS)
-  import os  # noqa: PLC0415
 
   os._exit(EXIT_CODE)  # the others will not join a barrier or JAX's shutdown: do not wait for them
 

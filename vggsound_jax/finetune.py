@@ -7,10 +7,13 @@ that its backbone loads, and refuses a clip length that architecture cannot carr
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from vggsound_jax import default_config
 from vggsound_jax.errors import ConfigError
+from vggsound_jax.model_dir import load_metadata
 
 # The fields of `config.model` a model directory's `model_config` decides.
 ARCHITECTURE_FIELDS = (
@@ -33,8 +36,6 @@ def adopt_architecture(config: ml_collections.ConfigDict) -> ml_collections.Conf
   """
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked, and the caller's stays as it was
   if config.init_from:
-    from vggsound_jax.model_dir import load_metadata  # noqa: PLC0415 - orbax is heavy
-
     model_config = load_metadata(_expand(config.init_from)).get("model_config") or {}
     for field in ARCHITECTURE_FIELDS:
       if field in model_config:
@@ -52,6 +53,5 @@ def adopt_architecture(config: ml_collections.ConfigDict) -> ml_collections.Conf
 
 
 def _expand(path: str) -> str:
-  import os  # noqa: PLC0415
 
   return os.path.expanduser(path)

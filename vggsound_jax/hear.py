@@ -48,7 +48,7 @@ class HearModel:
     timestamp_window: float = TIMESTAMP_WINDOW_SECONDS,
     timestamp_hop_ms: float = TIMESTAMP_HOP_MS,
   ) -> None:
-    from vggsound_jax.serving import backends  # noqa: PLC0415 - heavy: load on use
+    from vggsound_jax.serving import backends  # heavy: load on use
 
     if not timestamp_hop_ms > 0:
       raise ValueError(f"timestamp_hop_ms {timestamp_hop_ms}: must be positive")
@@ -116,7 +116,7 @@ def _like(values: np.ndarray, framework: str) -> Any:
   if framework == "torch":
     return sys.modules["torch"].from_numpy(values)
   if framework == "jax":
-    import jax.numpy as jnp  # noqa: PLC0415 - the caller has jax loaded already
+    import jax.numpy as jnp  # the caller has jax loaded already
 
     return jnp.asarray(values)
   return values
@@ -134,7 +134,7 @@ def _int16(sound: np.ndarray) -> np.ndarray:
 
 def scene_windows(sound: np.ndarray, window: int) -> np.ndarray:
   """(W, window) int16: the Tagger's windows of a sound (one tiled window if not longer)."""
-  from vggsound_jax.serving.tagger import window_starts  # noqa: PLC0415
+  from vggsound_jax.serving.tagger import window_starts
 
   return np.stack([audio_lib.to_clip(sound[s : s + window], window) for s in window_starts(sound.size, window, window)])
 

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
 
 from vggsound_jax import manifest
 from vggsound_jax.errors import PathError
@@ -141,8 +142,6 @@ def _remove_scratch(saving: Path) -> None:
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
     multihost_utils.sync_global_devices(name)
 
 

@@ -73,7 +73,7 @@ CONFUSED_PAIRS = 20  # pairs of classes in the confusion picture
 
 
 def _figure(width: float, height: float) -> Figure:
-  from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib loads in ~0.3 s: only when plotting
+  from matplotlib.figure import Figure  # matplotlib loads in ~0.3 s: only when plotting
 
   fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
   return fig
@@ -173,7 +173,7 @@ def time_step(duration: float) -> float:
 
 
 def _time_axis(ax, duration: float) -> None:  # noqa: ANN001 - a matplotlib Axes
-  from matplotlib.ticker import FuncFormatter, MultipleLocator  # noqa: PLC0415
+  from matplotlib.ticker import FuncFormatter, MultipleLocator
 
   step = time_step(duration)
   hours = duration >= 3600
@@ -221,7 +221,7 @@ def timeline_figure(tags: Tags, k: int = DEFAULT_TOP_K) -> Figure:
   """The recording's spectrogram (when its Tags keep one) above a heat map of the probabilities
   over time of the k classes (at most MAX_TIMELINE_CLASSES) whose maximum over windows is
   highest, best at the top."""
-  import matplotlib  # noqa: PLC0415
+  import matplotlib
 
   names = list(tags.class_names) or [f"class {i}" for i in range(tags.window_probs.shape[1])]
   k = max(1, min(k, len(names), MAX_TIMELINE_CLASSES))
@@ -347,7 +347,7 @@ def plot_per_class_ap(path: str | os.PathLike, class_names: Sequence[str], ap: n
 def confusions_figure(confusions: np.ndarray, class_names: Sequence[str], n: int = CONFUSED_PAIRS) -> Figure:
   """The n most frequent mistakes of a `metrics.top1_confusions` matrix as bars, 'true ->
   predicted', each with its count and its share of the true class's clips."""
-  from vggsound_jax.metrics import most_confused  # noqa: PLC0415 - sklearn, scipy: only here
+  from vggsound_jax.metrics import most_confused  # sklearn, scipy: only here
 
   pairs = most_confused(confusions, n)
   clips = confusions.sum(axis=1)

@@ -17,21 +17,25 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
 from vggsound_jax.audio.decode import to_clip
+from vggsound_jax.serving.backends import export_cache_dir, load_classifier
+from vggsound_jax.serving.exported import model_hash
 
 EMBEDDINGS_SUBDIR = "embeddings"
 
 
 def embedding_cache_dir() -> Path:
   """`$VGGSOUND_JAX_CACHE/embeddings`, or ~/.cache/vggsound_jax/embeddings (beside the exports)."""
-  from vggsound_jax.serving.backends import export_cache_dir  # noqa: PLC0415
 
   return export_cache_dir().parent / EMBEDDINGS_SUBDIR
 
 
 def cache_key(model_dir: str | os.PathLike, dataset_id: str, num_samples: int, backend: str, precision: str) -> str:
-  from vggsound_jax.serving.exported import model_hash  # noqa: PLC0415
 
   parts = (model_hash(model_dir), dataset_id, num_samples, backend, precision)
   return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:32]
@@ -52,9 +56,6 @@ def compute_embeddings(
   Read from the cache when there, else computed (with a progress bar) and cached. `dataset_id`
   names the data set's content (its build fingerprint).
   """
-  from tqdm import tqdm  # noqa: PLC0415
-
-  from vggsound_jax.serving.backends import load_classifier  # noqa: PLC0415
 
   classifier, _ = load_classifier(model_dir, backend=backend, batch_size=batch_size, num_samples=num_samples)
   key = cache_key(model_dir, dataset_id, num_samples, classifier.backend, classifier.precision)
@@ -91,9 +92,6 @@ def fit_predict(
 ) -> np.ndarray:
   """Probabilities (len(test), num_classes) of a logistic regression on standardised embeddings
   fitted on the `train` rows; a class absent from them gets probability 0."""
-  from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - sklearn is slow to import
-  from sklearn.pipeline import make_pipeline  # noqa: PLC0415
-  from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
   classifier = make_pipeline(
     StandardScaler(), LogisticRegression(C=probe.C, max_iter=probe.max_iter, random_state=seed)

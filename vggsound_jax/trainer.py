@@ -21,6 +21,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tqdm
 from jax.sharding import Mesh
 
 from vggsound_jax import checkpoints, default_config, distributed, evaluation, input_pipeline, optimizers
@@ -189,13 +190,12 @@ def _summary_writer(workdir: Path):  # noqa: ANN202
       import tensorboardX  # noqa: F401, PLC0415
     finally:
       sys.meta_path.remove(hide)
-  from tensorboardX import SummaryWriter  # noqa: PLC0415 - only process 0 writes events
+  from tensorboardX import SummaryWriter  # noqa: PLC0415 - after hiding torch from it; process 0 only
 
   return SummaryWriter(str(workdir))
 
 
 def _progress_bar(total: int, initial: int, disable: bool):  # noqa: ANN202
-  import tqdm  # noqa: PLC0415
 
   return tqdm.tqdm(
     total=total, initial=initial, desc="train", unit="step", disable=disable, dynamic_ncols=True, smoothing=0.1

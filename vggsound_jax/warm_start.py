@@ -19,7 +19,8 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from vggsound_jax.errors import ConfigError
-from vggsound_jax.models import ModelState
+from vggsound_jax.model_dir import load_model
+from vggsound_jax.models import ModelState, split_model
 
 FIELD = "init_from"
 
@@ -80,8 +81,6 @@ def init_from_model_dir(
   """
   if not directory:
     return state
-  from vggsound_jax.model_dir import load_model  # noqa: PLC0415 - keeps this module light
-  from vggsound_jax.models import split_model  # noqa: PLC0415
 
   model, _ = load_model(os.path.expanduser(os.fspath(directory)))
   model_state, kept = load_into(state["model"], split_model(model)[1], directory, new_head=new_head)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -290,8 +291,6 @@ def decode_audio_bytes(data: bytes, name: str, max_seconds: float = MAX_SECONDS)
   dies; elsewhere through a temporary file.
   """
   if not hasattr(os, "memfd_create"):
-    import tempfile  # noqa: PLC0415
-
     with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as f:
       f.write(data)
       f.flush()

@@ -40,10 +40,10 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the config i
 def _builder_class(dataset: str) -> type:
   # Imported here so that --help stays fast.
   if dataset == AUDIOSET:
-    from vggsound_jax.datasets.audioset import Audioset  # noqa: PLC0415
+    from vggsound_jax.datasets.audioset import Audioset
 
     return Audioset
-  from vggsound_jax.datasets.vggsound import Vggsound  # noqa: PLC0415
+  from vggsound_jax.datasets.vggsound import Vggsound
 
   return Vggsound
 
@@ -51,10 +51,10 @@ def _builder_class(dataset: str) -> type:
 def _lists(dataset: str) -> tuple[str, ...]:
   """The lists of which manual_dir must hold at least one."""
   if dataset == AUDIOSET:
-    from vggsound_jax.datasets.audioset import SEGMENT_LISTS  # noqa: PLC0415
+    from vggsound_jax.datasets.audioset import SEGMENT_LISTS
 
     return tuple(SEGMENT_LISTS.values())
-  from vggsound_jax.datasets.clip_lists import CSV_NAME  # noqa: PLC0415
+  from vggsound_jax.datasets.clip_lists import CSV_NAME
 
   return (CSV_NAME,)
 
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
   if builder.uses_manual_dir():
     _check_manual_dir(_MANUAL_DIR.value, f"--dataset {_DATASET.value} --config {config}", _lists(_DATASET.value))
 
-  from vggsound_jax.datasets import build as build_lib  # noqa: PLC0415
+  from vggsound_jax.datasets import build as build_lib
 
   already_built = builder.is_built() and not _OVERWRITE.value
   # The summary is printed here, once, so the builder does not log it too. Errors in the lists,

@@ -28,8 +28,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the data set
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from vggsound_jax.datasets import build as build_lib  # noqa: PLC0415 - keeps --help fast
-  from vggsound_jax.datasets import labelled  # noqa: PLC0415
+  from vggsound_jax.datasets import build as build_lib  # keeps --help fast
+  from vggsound_jax.datasets import labelled
 
   directory = labelled.dataset_dir(_DATA_DIR.value, labelled.check_name(_NAME.value))
   already_built = (directory / "dataset_info.json").is_file() and not _OVERWRITE.value

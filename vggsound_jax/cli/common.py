@@ -102,7 +102,7 @@ def _flag_problem(e: Exception) -> str:
 
 def print_results(results: dict[str, dict], config: ml_collections.ConfigDict, workdir: str) -> None:
   """Each split's metrics, beside the paper's for the config's row; process 0 only."""
-  from vggsound_jax import evaluation, sharding  # noqa: PLC0415 - keeps --help fast
+  from vggsound_jax import evaluation, sharding  # keeps --help fast
 
   if not sharding.is_main_process():
     return

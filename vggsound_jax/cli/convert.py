@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
 
   # Imported here so that --help stays fast.
-  from vggsound_jax.cli.common import quiet_library_logs  # noqa: PLC0415
-  from vggsound_jax.conversion import convert  # noqa: PLC0415
+  from vggsound_jax.cli.common import quiet_library_logs
+  from vggsound_jax.conversion import convert
 
   quiet_library_logs(verbose=args.verbosity is not None)
   if args.verbosity is not None:
-    from absl import logging  # noqa: PLC0415
+    from absl import logging
 
     logging.set_verbosity(args.verbosity)  # absl's convention: 0 is INFO, 1 DEBUG
   try:

@@ -28,15 +28,15 @@ _MODE = flags.DEFINE_enum("mode", "finetune", ["finetune", "probe"], "Fine-tune 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from vggsound_jax.errors import ConfigError  # noqa: PLC0415
+  from vggsound_jax.errors import ConfigError
 
   config = _CONFIG.value
   if not config.data.clips:
     raise ConfigError("data.clips", "name the labelled-clips data set (vggsound-build-clips --name NAME)")
   if _MODE.value == "finetune":
     launch.start()
-  from vggsound_jax import crossval  # noqa: PLC0415 - keeps --help fast
-  from vggsound_jax.datasets import labelled  # noqa: PLC0415
+  from vggsound_jax import crossval  # keeps --help fast
+  from vggsound_jax.datasets import labelled
 
   data = labelled.open_clips(config.data.data_dir, config.data.clips)
   crossval.run(config, _WORKDIR.value, data, mode=_MODE.value)

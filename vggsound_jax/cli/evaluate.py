@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
   if _VGGSOUNDER.value:
     _CONFIG.value.eval.vggsounder = True
   launch.start(_CONFIG.value)
-  from vggsound_jax import evaluation, sharding, vggsounder  # noqa: PLC0415 - keeps --help fast
+  from vggsound_jax import evaluation, sharding, vggsounder  # keeps --help fast
 
   if _CONFIG.value.eval.vggsounder:
     vggsounder.check_config(_CONFIG.value)  # before the evaluation, not after it

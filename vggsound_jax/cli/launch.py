@@ -24,8 +24,8 @@ _TIMEOUT = flags.DEFINE_integer(
 
 def start(config: ml_collections.ConfigDict) -> None:
   """Joins a multi-process run if asked (`config.distributed` tunes it), and caches compiled programs on disk."""
-  from vggsound_jax import distributed  # noqa: PLC0415 - keeps --help fast
-  from vggsound_jax.compilation_cache import enable_compilation_cache  # noqa: PLC0415
+  from vggsound_jax import distributed  # keeps --help fast
+  from vggsound_jax.compilation_cache import enable_compilation_cache
 
   local = [int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None
   distributed.initialize(

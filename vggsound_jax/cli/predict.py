@@ -105,12 +105,12 @@ def main(argv: list[str]) -> None:
   _console_safe()
   writer = None
   if _OUTPUT.value:
-    from vggsound_jax.serving.prediction_files import open_output  # noqa: PLC0415 - imports numpy: keep --help fast
+    from vggsound_jax.serving.prediction_files import open_output  # imports numpy: keep --help fast
 
     writer = open_output(_OUTPUT.value, _TOP_K.value)
   pictures = None
   if _PLOT.value:
-    from vggsound_jax.plots import timeline_paths  # noqa: PLC0415
+    from vggsound_jax.plots import timeline_paths
 
     pictures = timeline_paths(_PLOT.value, files)
   try:
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> None:
 
 def _tag(files: Sequence[str], writer: _Rows | _Arrays | None, pictures: Sequence[Path] | None) -> int:
   """Tags `files`, printing, writing and plotting as it goes; returns how many failed."""
-  from vggsound_jax.serving.tagger import Tagger  # noqa: PLC0415 - keeps --help fast
+  from vggsound_jax.serving.tagger import Tagger  # keeps --help fast
 
   tagger = Tagger(
     _CHECKPOINT.value,
@@ -145,7 +145,7 @@ def _tag(files: Sequence[str], writer: _Rows | _Arrays | None, pictures: Sequenc
     spectrogram=pictures is not None,
   )
   if tagger.backend == "jax":  # JAX compiles on the first call; the other backends never import it
-    from vggsound_jax.compilation_cache import enable_compilation_cache  # noqa: PLC0415
+    from vggsound_jax.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
   if writer is not None:

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   launch.start(_CONFIG.value)
-  from vggsound_jax import trainer  # noqa: PLC0415 - keeps --help fast
+  from vggsound_jax import trainer  # keeps --help fast
 
   results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if "preempted" in results:

@@ -106,7 +106,7 @@ def arrays_from_tf_checkpoint(path: str | os.PathLike) -> dict[tuple[str, str], 
   raises ValueError naming every missing and unexpected VGGish variable.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf  # noqa: PLC0415 - only this path needs TensorFlow
+  import tensorflow as tf  # only this path needs TensorFlow
 
   try:
     reader = tf.train.load_checkpoint(os.fspath(path))

@@ -169,14 +169,24 @@ def build(
   return build_lib.build_dataset(builder, manual_dir=source, overwrite=overwrite, log_summary=log_summary)
 
 
+@dataclasses.dataclass
+class LabelledData:
+  """A labelled-clips data set opened for cross-validation (`open_clips`)."""
+
+  source: Sequence[dict]  # element i: {"audio", "label", "fold", "clip_id"}
+  class_names: tuple[str, ...]
+  labels: np.ndarray  # (N,) int, of each element
+  folds: np.ndarray  # (N,) int
+  dataset_id: str  # names the content (the build's fingerprint): keys the embedding cache
+  longest: int  # samples of the longest clip
+
+
 def dataset_dir(data_dir: str | os.PathLike, name: str) -> Path:
   return Path(os.path.expanduser(os.fspath(data_dir)), NAME, name, DATASET_VERSION)
 
 
-def open_clips(data_dir: str | os.PathLike, name: str) -> Any:
-  """The built data set `name` for cross-validation: a `crossval.LabelledData`."""
-  from vggsound_jax.crossval import LabelledData  # noqa: PLC0415
-
+def open_clips(data_dir: str | os.PathLike, name: str) -> LabelledData:
+  """The built data set `name`, opened for cross-validation."""
   directory = dataset_dir(data_dir, check_name(name))
   if not (directory / "dataset_info.json").is_file():
     raise NotBuiltError(

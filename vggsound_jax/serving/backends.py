@@ -91,7 +91,7 @@ def import_openvino() -> Any:
     saved = os.environ.get(name)
     os.environ[name] = value
     try:
-      import openvino  # noqa: PLC0415
+      import openvino
 
       return openvino
     finally:
@@ -167,7 +167,7 @@ def jax_on_cpu_only() -> bool:
         pass
     if not installed:
       return True
-  import jax  # noqa: PLC0415
+  import jax
 
   return jax.default_backend() == "cpu"
 
@@ -222,7 +222,7 @@ class JaxClassifier:
   backend = "jax"
 
   def __init__(self, model: Any, *, batch_size: int, num_samples: int) -> None:
-    from vggsound_jax.serving.inference import Classifier  # noqa: PLC0415
+    from vggsound_jax.serving.inference import Classifier
 
     self.batch_size = batch_size
     self.num_samples = num_samples
@@ -320,7 +320,7 @@ def _jax_precision(precision: str) -> str:
 
 
 def _load_jax(path: Path, *, batch_size: int, num_samples: int, precision: str | None) -> tuple[JaxClassifier, dict]:
-  from vggsound_jax.model_dir import load_model  # noqa: PLC0415
+  from vggsound_jax.model_dir import load_model
 
   dtype = None if precision is None else exported.PRECISION_DTYPES[_jax_precision(precision)]
   model, metadata = load_model(path, dtype=dtype)
@@ -402,7 +402,7 @@ def _load_cached_export(
     return _load_exported(cached, batch_size=batch_size, num_samples=num_samples, precision=precision)
   except (exported.ExportError, BackendError):
     pass  # missing or damaged: export it (again)
-  from vggsound_jax.model_dir import load_model  # noqa: PLC0415
+  from vggsound_jax.model_dir import load_model
 
   model, metadata = load_model(path)  # checks the directory against its manifest
   if model.config.arch != "resnet":

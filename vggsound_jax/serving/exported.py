@@ -148,7 +148,7 @@ def _place_in_cache(saving: Path, directory: Path) -> None:
 
 def export_metadata(model: Any, metadata: dict[str, Any], *, precision: str, num_samples: int) -> dict[str, Any]:
   """export.json of a loaded model with its model-directory `metadata` (plus `source_model_hash`)."""
-  from vggsound_jax.serving.graph import OPSET  # noqa: PLC0415 - jax, only when exporting
+  from vggsound_jax.serving.graph import OPSET  # jax, only when exporting
 
   check_precision(precision)
   return {
@@ -166,7 +166,7 @@ def export_metadata(model: Any, metadata: dict[str, Any], *, precision: str, num
 
 
 def _onnx_graph(model: Any, exported: dict[str, Any]) -> Any:
-  from vggsound_jax.serving.graph import build_graph  # noqa: PLC0415 - jax, only when exporting
+  from vggsound_jax.serving.graph import build_graph  # jax, only when exporting
 
   return build_graph(model, exported["num_samples"], {ONNX_METADATA_KEY: json.dumps(exported)})
 
@@ -187,7 +187,7 @@ def write_export(
   With `cache`, `output` is a cache entry the caller found missing or damaged: what is there is
   removed, and if a concurrent writer puts its (identical) export in place first, that one stays.
   """
-  import onnx  # noqa: PLC0415
+  import onnx
 
   exported = export_metadata(model, metadata, precision=precision, num_samples=num_samples)
   output = Path(os.path.abspath(output)) if cache else check_target(output, overwrite=overwrite)
@@ -215,7 +215,7 @@ def write_export(
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
   """export.json's content as a standalone .onnx written by vggsound-export carries it."""
-  import onnx  # noqa: PLC0415
+  import onnx
 
   path = Path(path).absolute()
   try:
@@ -267,7 +267,7 @@ def write_onnx(
 ) -> dict[str, Any]:
   """Exports a loaded model to one .onnx file, the export's metadata in its metadata_props
   (written to a scratch sibling, then renamed over `output`). Returns the metadata."""
-  import onnx  # noqa: PLC0415
+  import onnx
 
   exported = export_metadata(model, metadata, precision=precision, num_samples=num_samples)
   output = check_onnx_target(output, overwrite=overwrite)
@@ -289,7 +289,7 @@ def write_onnx(
 
 
 def _versions() -> dict[str, str]:
-  from importlib.metadata import version  # noqa: PLC0415
+  from importlib.metadata import version
 
   return {"vggsound_jax": version("vggsound-jax"), "onnx": version("onnx"), "python": platform.python_version()}
 
@@ -306,7 +306,7 @@ def export_model(
   """Exports the model directory `checkpoint` (converted or trained) to `output` for clips of
   `num_samples` samples: an exported directory (`format='directory'`) or one .onnx file
   (`format='onnx'`). Returns the export's metadata (export.json)."""
-  from vggsound_jax.model_dir import load_model  # noqa: PLC0415 - jax, only here
+  from vggsound_jax.model_dir import load_model  # jax, only here
 
   if format not in FORMATS:
     raise ValueError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
@@ -325,7 +325,7 @@ def export_model(
 
 
 def check_num_samples(num_samples: int) -> None:
-  from vggsound_jax.audio.stft import NPERSEG  # noqa: PLC0415
+  from vggsound_jax.audio.stft import NPERSEG
 
   # The stem and four stride-2 stages need at least one output frame.
   if num_samples < NPERSEG:

@@ -93,7 +93,7 @@ class Tags:
   def plot(self, path: str | os.PathLike, k: int = 10) -> Path:
     """Writes the recording's timeline as a PNG: its spectrogram (when kept) above the
     probabilities over time of the k classes with the highest maximum; returns the path."""
-    from vggsound_jax import plots  # noqa: PLC0415 - matplotlib: loaded only to plot
+    from vggsound_jax import plots  # matplotlib: loaded only to plot
 
     return plots.plot_timeline(self, path, k=k)
 
@@ -194,7 +194,7 @@ class Tagger:
     decode_threads: int | None = None,
     spectrogram: bool = False,
   ) -> None:
-    from vggsound_jax.serving import backends as runtime  # noqa: PLC0415 - the backends are heavy: load on use
+    from vggsound_jax.serving import backends as runtime  # the backends are heavy: load on use
 
     hop = window if hop is None else hop
     if not window >= MIN_WINDOW_SECONDS:
