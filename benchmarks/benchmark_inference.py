@@ -221,12 +221,12 @@ STARTUP = """
 import sys, time
 start = time.time()
 import numpy as np
-from vggsound_jax.serving import backends as runtime
+from vggsound_jax.serving import backends
 if sys.argv[2] == "jax":  # as vggsound-predict does
     from vggsound_jax.compilation_cache import enable_compilation_cache
     enable_compilation_cache()
 imported = time.time()
-classifier, _ = runtime.load_classifier(sys.argv[1], backend=sys.argv[2], batch_size=8)
+classifier, _ = backends.load_classifier(sys.argv[1], backend=sys.argv[2], batch_size=8)
 loaded = time.time()
 classifier(np.zeros((8, classifier.num_samples), np.int16))
 first = time.time()
@@ -390,7 +390,7 @@ def main(argv):
       rows,
     )
     print_table(
-      "Start-up of a process running runtime.load_classifier (seconds; batch of 8, 10 s clips, caches warm)",
+      "Start-up of a process running backends.load_classifier (seconds; batch of 8, 10 s clips, caches warm)",
       ["backend", "interpreter", "imports", "load", "first call", "next call", "teardown", "total"],
       startup_rows,
     )

@@ -16,8 +16,7 @@ from flax import nnx
 from vggsound_jax import manifest
 from vggsound_jax.model_dir import ModelCheckpointError, save_model
 from vggsound_jax.models import ModelConfig, forward
-from vggsound_jax.serving import backends as runtime
-from vggsound_jax.serving import exported, graph
+from vggsound_jax.serving import backends, exported, graph
 from vggsound_jax.testing.random_model import random_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
@@ -64,8 +63,8 @@ def saved(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
-  monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
-  return tmp_path / "cache" / runtime.EXPORT_CACHE_SUBDIR
+  monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))
+  return tmp_path / "cache" / backends.EXPORT_CACHE_SUBDIR
 
 
 def _onnxruntime(path, clips):
@@ -84,7 +83,7 @@ def test_exported_graph_matches_jax(saved, tmp_path, name):
     got_probs, got_embeddings = _onnxruntime(tmp_path / "exported" / exported.GRAPH_FILE, batch)
     np.testing.assert_allclose(got_probs, want_probs[: len(batch)], atol=FP32_TOLERANCE, rtol=0)
     np.testing.assert_allclose(got_embeddings, want_embeddings[: len(batch)], atol=FP32_TOLERANCE, rtol=0)
-  classifier, loaded = runtime.load_classifier(tmp_path / "exported", batch_size=BATCH, num_samples=NUM_SAMPLES)
+  classifier, loaded = backends.load_classifier(tmp_path / "exported", batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert (classifier.backend, classifier.batch_size, classifier.num_samples) == ("openvino", BATCH, NUM_SAMPLES)
   assert loaded["class_names"] == list(NAMES) and loaded["precision"] == "fp32"
   probs, embeddings = classifier(CLIPS)  # 3 clips: a padded batch
@@ -96,11 +95,11 @@ def test_exported_graph_matches_jax(saved, tmp_path, name):
 
 
 def test_bf16_export_reports_agreement_with_fp32(saved, tmp_path, monkeypatch):
-  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # whatever this CPU has: OpenVINO takes the hint
+  monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)  # whatever this CPU has: OpenVINO takes the hint
   directory, _ = saved["r18-vlad"]
   exported.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
-  bf16, metadata = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)
-  fp32, _ = runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES, precision="fp32")
+  bf16, metadata = backends.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)
+  fp32, _ = backends.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES, precision="fp32")
   assert metadata["precision"] == bf16.precision == "bf16" and fp32.precision == "fp32"
   clips = _clips(4, seed=1)
   probs, _ = bf16(clips)
@@ -111,7 +110,7 @@ def test_bf16_export_reports_agreement_with_fp32(saved, tmp_path, monkeypatch):
 
 def test_auto_exports_once_into_the_cache_and_reuses_it(saved, cache, monkeypatch):
   directory, (want_probs, _) = saved["r18-avgpool"]
-  classifier, metadata = runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
+  classifier, metadata = backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert classifier.backend == "openvino" and metadata["class_names"] == list(NAMES)
   (entry,) = cache.iterdir()  # one complete entry, no scratch directory left behind
   assert sorted(p.name for p in entry.iterdir()) == sorted(
@@ -122,21 +121,21 @@ def test_auto_exports_once_into_the_cache_and_reuses_it(saved, cache, monkeypatc
     raise AssertionError("exported again")
 
   monkeypatch.setattr(exported, "write_export", no_export)
-  again, _ = runtime.load_classifier(directory, batch_size=2, num_samples=NUM_SAMPLES)
+  again, _ = backends.load_classifier(directory, batch_size=2, num_samples=NUM_SAMPLES)
   np.testing.assert_allclose(again(CLIPS[:2])[0], want_probs[:2], atol=FP32_TOLERANCE, rtol=0)
   # Another clip length is another entry.
   monkeypatch.undo()
-  monkeypatch.setenv(runtime.CACHE_ENV, str(cache.parent))
-  runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES + 159)
+  monkeypatch.setenv(backends.CACHE_ENV, str(cache.parent))
+  backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES + 159)
   assert len(list(cache.iterdir())) == 2
 
 
 def test_damaged_cache_entry_is_exported_again(saved, cache):
   directory, _ = saved["r18-avgpool"]
-  runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
+  backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
   (entry,) = cache.iterdir()
   (entry / exported.GRAPH_FILE).write_bytes(b"truncated")
-  classifier, _ = runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
+  classifier, _ = backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert classifier.backend == "openvino"
   exported.verify_manifest(entry)
   assert [p.name for p in cache.iterdir()] == [entry.name]
@@ -148,7 +147,7 @@ def test_concurrent_loads_share_one_complete_entry(saved, cache):
 
   def load():
     try:
-      results.append(runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend)
+      results.append(backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend)
     except Exception as e:  # noqa: BLE001 - reported below
       errors.append(e)
 
@@ -165,11 +164,11 @@ def test_concurrent_loads_share_one_complete_entry(saved, cache):
 def test_forced_and_fallback_backends(saved, tmp_path, monkeypatch, capsys):
   directory, reference = saved["r18-vlad"]
   clips = CLIPS
-  jax_classifier, metadata = runtime.load_classifier(
+  jax_classifier, metadata = backends.load_classifier(
     directory, backend="jax", batch_size=BATCH, num_samples=NUM_SAMPLES
   )
   assert jax_classifier.backend == "jax" and metadata["class_names"] == list(NAMES)
-  ov_classifier, _ = runtime.load_classifier(directory, backend="openvino", batch_size=BATCH, num_samples=NUM_SAMPLES)
+  ov_classifier, _ = backends.load_classifier(directory, backend="openvino", batch_size=BATCH, num_samples=NUM_SAMPLES)
   assert ov_classifier.backend == "openvino"
   for got_jax, got_openvino, want in zip(jax_classifier(clips), ov_classifier(clips), reference):
     np.testing.assert_allclose(got_jax, want, atol=1e-6, rtol=0)
@@ -178,24 +177,24 @@ def test_forced_and_fallback_backends(saved, tmp_path, monkeypatch, capsys):
     ov_classifier(_clips(BATCH + 1))
   with pytest.raises(ValueError, match=r"expected \(n, 8000\)"):
     jax_classifier(clips[:, :-1])
-  with pytest.raises(runtime.BackendError, match="unknown backend 'tpu'"):
-    runtime.load_classifier(directory, backend="tpu")
+  with pytest.raises(backends.BackendError, match="unknown backend 'tpu'"):
+    backends.load_classifier(directory, backend="tpu")
 
   output = tmp_path / "exported"
   exported.export_model(directory, output, num_samples=NUM_SAMPLES)
-  with pytest.raises(runtime.BackendError, match="runs on openvino only"):
-    runtime.load_classifier(output, backend="jax", num_samples=NUM_SAMPLES)
-  with pytest.raises(runtime.BackendError, match="exported for clips of 8000 samples, not 16000"):
-    runtime.load_classifier(output, num_samples=16000)
+  with pytest.raises(backends.BackendError, match="runs on openvino only"):
+    backends.load_classifier(output, backend="jax", num_samples=NUM_SAMPLES)
+  with pytest.raises(backends.BackendError, match="exported for clips of 8000 samples, not 16000"):
+    backends.load_classifier(output, num_samples=16000)
 
   # On an accelerator, auto runs JAX.
-  monkeypatch.setattr(runtime, "jax_on_cpu_only", lambda: False)
-  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "jax"
+  monkeypatch.setattr(backends, "jax_on_cpu_only", lambda: False)
+  assert backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "jax"
   # Without openvino: auto runs JAX, and forcing it is one line.
-  monkeypatch.setattr(runtime, "openvino_version", lambda: None)
-  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "jax"
-  with pytest.raises(runtime.BackendError, match="'openvino' is not installed"):
-    runtime.load_classifier(directory, backend="openvino", num_samples=NUM_SAMPLES)
+  monkeypatch.setattr(backends, "openvino_version", lambda: None)
+  assert backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "jax"
+  with pytest.raises(backends.BackendError, match="'openvino' is not installed"):
+    backends.load_classifier(directory, backend="openvino", num_samples=NUM_SAMPLES)
   assert capsys.readouterr().err == ""
 
 
@@ -204,12 +203,12 @@ def test_vggish_falls_back_to_jax(tmp_path, capsys):
   model = random_model(config)
   directory = save_model(tmp_path / "vggish", model, class_names=NAMES)
   clips = np.random.default_rng(0).integers(-3000, 3000, (2, 16000)).astype(np.int16)  # one 0.96 s patch
-  classifier, _ = runtime.load_classifier(directory, batch_size=2, num_samples=16000)
+  classifier, _ = backends.load_classifier(directory, batch_size=2, num_samples=16000)
   assert classifier.backend == "jax"
   assert "note: running on JAX instead of OpenVINO" in capsys.readouterr().err
   np.testing.assert_allclose(classifier(clips)[0], np.asarray(jax.jit(forward)(model, clips)[0]), atol=1e-6)
-  with pytest.raises(runtime.BackendError, match="vggish model cannot be exported"):
-    runtime.load_classifier(directory, backend="openvino", num_samples=16000)
+  with pytest.raises(backends.BackendError, match="vggish model cannot be exported"):
+    backends.load_classifier(directory, backend="openvino", num_samples=16000)
   with pytest.raises(exported.UnsupportedExportError):
     exported.export_model(directory, tmp_path / "out", num_samples=16000)
 
@@ -352,21 +351,21 @@ def test_onnx_graph_matches_the_original_pipeline(tmp_path):
 def test_bf16_on_a_cpu_without_bf16_arithmetic_runs_fp32(saved, tmp_path, monkeypatch, capsys):
   directory, _ = saved["r18-avgpool"]
   exported.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)
-  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+  monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
   for path, backend in ((tmp_path / "bf16", "auto"), (directory, "openvino"), (directory, "jax")):
-    classifier, _ = runtime.load_classifier(
+    classifier, _ = backends.load_classifier(
       path, backend=backend, batch_size=BATCH, num_samples=NUM_SAMPLES, precision=None if backend == "auto" else "bf16"
     )
     assert classifier.precision == "fp32", backend
     assert capsys.readouterr().err == "note: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): running fp32\n"
-  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-  assert runtime.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)[0].precision == "bf16"
+  monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+  assert backends.load_classifier(tmp_path / "bf16", batch_size=BATCH, num_samples=NUM_SAMPLES)[0].precision == "bf16"
   assert capsys.readouterr().err == ""
 
 
 def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
   cpuinfo = tmp_path / "cpuinfo"
-  monkeypatch.setattr(runtime, "CPUINFO", cpuinfo)
+  monkeypatch.setattr(backends, "CPUINFO", cpuinfo)
   for text, want in [
     ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", False),
     ("flags\t\t: fpu avx512f avx512_bf16\n", True),
@@ -374,9 +373,9 @@ def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
     ("processor\t: 0\n", None),
   ]:
     cpuinfo.write_text(text)
-    assert runtime.cpu_has_bf16() is want, text
+    assert backends.cpu_has_bf16() is want, text
   cpuinfo.unlink()
-  assert runtime.cpu_has_bf16() is None
+  assert backends.cpu_has_bf16() is None
 
 
 def _flip_a_byte(path):
@@ -387,7 +386,7 @@ def _flip_a_byte(path):
 
 def test_a_model_directory_damaged_after_its_export_is_an_error(saved, tmp_path, cache, monkeypatch):
   directory = save_model(tmp_path / "model", _model(CONFIGS["r18-avgpool"]), class_names=NAMES)
-  runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)  # exports into the cache
+  backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)  # exports into the cache
 
   # Unchanged: the cached export runs without hashing the arrays again.
   verify = manifest.verify
@@ -397,24 +396,24 @@ def test_a_model_directory_damaged_after_its_export_is_an_error(saved, tmp_path,
     return verify(path, *args, **kwargs)
 
   monkeypatch.setattr(manifest, "verify", no_hashing)
-  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "openvino"
+  assert backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "openvino"
   monkeypatch.undo()
-  monkeypatch.setenv(runtime.CACHE_ENV, str(cache.parent))
+  monkeypatch.setenv(backends.CACHE_ENV, str(cache.parent))
 
   # Touched but intact: hashed once, then recorded again.
   array = max(
     (directory / n for n in manifest.files(directory) if n.startswith("state/")), key=lambda p: p.stat().st_size
   )
   array.touch()
-  assert runtime.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "openvino"
+  assert backends.load_classifier(directory, batch_size=BATCH, num_samples=NUM_SAMPLES)[0].backend == "openvino"
 
   _flip_a_byte(array)
   for backend in ("auto", "openvino"):
-    with pytest.raises(runtime.ModelDirectoryError, match=r"damaged: its sha256 differs from SHA256SUMS") as e:
-      runtime.load_classifier(directory, backend=backend, batch_size=BATCH, num_samples=NUM_SAMPLES)
+    with pytest.raises(backends.ModelDirectoryError, match=r"damaged: its sha256 differs from SHA256SUMS") as e:
+      backends.load_classifier(directory, backend=backend, batch_size=BATCH, num_samples=NUM_SAMPLES)
     assert e.value.path == str(array)
   with pytest.raises(ModelCheckpointError, match="damaged"):  # as the JAX backend says it
-    runtime.load_classifier(directory, backend="jax", batch_size=BATCH, num_samples=NUM_SAMPLES)
+    backends.load_classifier(directory, backend="jax", batch_size=BATCH, num_samples=NUM_SAMPLES)
 
 
 def test_an_export_of_an_earlier_format_is_refused(saved, tmp_path):
@@ -425,4 +424,4 @@ def test_an_export_of_an_earlier_format_is_refused(saved, tmp_path):
   (output / exported.METADATA_FILE).write_text(json.dumps(dict(metadata, format="vggsound_jax.export/1")))
   manifest.write_manifest(output)
   with pytest.raises(exported.ExportError, match=r"export.json: format 'vggsound_jax.export/1' of another version"):
-    runtime.load_classifier(output, num_samples=NUM_SAMPLES)
+    backends.load_classifier(output, num_samples=NUM_SAMPLES)

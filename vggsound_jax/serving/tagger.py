@@ -173,7 +173,7 @@ class Tagger:
 
   Args:
     model: a model directory (`vggsound-convert`, training) or an exported one (`vggsound-export`).
-    backend: 'auto' (the fastest available on this machine), or one by name (`runtime.BACKENDS`).
+    backend: 'auto' (the fastest available on this machine), or one by name (`backends.BACKENDS`).
     batch_size: windows per forward pass.
     window, hop: seconds; hop defaults to window.
     precision: 'fp32' or 'bf16' (the fast path on a CPU with bf16 arithmetic); default: the model's
@@ -194,7 +194,7 @@ class Tagger:
     decode_threads: int | None = None,
     spectrogram: bool = False,
   ) -> None:
-    from vggsound_jax.serving import backends as runtime  # the backends are heavy: load on use
+    from vggsound_jax.serving import backends  # the backends are heavy: load on use
 
     hop = window if hop is None else hop
     if not window >= MIN_WINDOW_SECONDS:
@@ -205,7 +205,7 @@ class Tagger:
       raise ValueError(f"batch_size {batch_size}: at least 1")
     self.window, self.hop = round(window * audio.SAMPLE_RATE), round(hop * audio.SAMPLE_RATE)
     self.decode_threads = decode_threads or min(8, os.cpu_count() or 1)
-    self.classifier, self.metadata = runtime.load_classifier(
+    self.classifier, self.metadata = backends.load_classifier(
       model, backend=backend, batch_size=batch_size, num_samples=self.window, precision=precision
     )
     self.class_names: list[str] = list(self.metadata.get("class_names") or [])
