@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes of their own, training: out of the quick loop
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

@@ -41,6 +41,7 @@ def _random_torch_model(depth, head, width, seed):
   return torch_reference.randomize_(model, seed=seed).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
 @pytest.mark.parametrize(
   "depth,head,width", [(18, "avgpool", 64), (18, "vlad", 64), (34, "avgpool", 16), (50, "avgpool", 16)]
@@ -76,6 +77,7 @@ def test_converted_model_matches_pytorch(tmp_path, depth, head, width, legacy):
   assert _relative_error(np.asarray(embedding), expected_embedding) <= MAX_RELATIVE_ERROR
 
 
+@pytest.mark.slow
 def test_bare_state_dict_and_in_memory_conversion(tmp_path):
   torch_model = _random_torch_model(18, "vlad", 8, seed=1)
   checkpoint = tmp_path / "bare.pth"
@@ -212,6 +214,7 @@ def tiny_checkpoint_fixture(tmp_path):
   return checkpoint
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_a_model_directory_it_wrote(tmp_path, tiny_checkpoint, monkeypatch):
   output = tmp_path / "out" / "model"
   result = _run_cli("--input", tiny_checkpoint, "--output", output)

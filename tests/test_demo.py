@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # processes of their own, training: out of the quick loop
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -348,6 +348,7 @@ def test_onnx_graph_matches_the_original_pipeline(tmp_path):
   assert np.ptp(want, axis=0).max() > 5 * FP32_TOLERANCE
 
 
+@pytest.mark.slow
 def test_bf16_on_a_cpu_without_bf16_arithmetic_runs_fp32(saved, tmp_path, monkeypatch, capsys):
   directory, _ = saved["r18-avgpool"]
   exported.export_model(directory, tmp_path / "bf16", precision="bf16", num_samples=NUM_SAMPLES)

@@ -60,6 +60,7 @@ def validate(module, model, audio, to_numpy=np.asarray):
   return scene, embeddings, timestamps
 
 
+@pytest.mark.slow
 def test_torch_is_not_imported_for_numpy_audio(model_dir):
   # In a process of its own: another test of this process may have imported torch already.
   code = (
@@ -89,8 +90,8 @@ def test_numpy_audio_follows_the_api(model):
 
 def test_jax_and_torch_audio_come_back_in_their_framework(model):
   import jax.numpy as jnp
+  import torch
 
-  torch = pytest.importorskip("torch")
   audio = _sounds(2, 1.0, seed=1)
   reference = hear.get_scene_embeddings(audio, model)
   scene = validate(hear, model, jnp.asarray(audio))[0]

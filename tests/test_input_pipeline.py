@@ -96,6 +96,7 @@ def test_processes_reading_their_rows_make_the_same_global_batches(split):
       np.testing.assert_array_equal(np.concatenate([p[step][key] for p in parts]), batch[key])
 
 
+@pytest.mark.slow
 def test_loader_workers_change_nothing():
   source = _source(12)
   reference = _train(source, steps=6, crop_samples=300)
@@ -136,6 +137,7 @@ def test_eval_visits_every_example_once_with_a_mask(n, global_batch, split):
   assert sorted(indices) == list(range(n))
 
 
+@pytest.mark.slow
 def test_tfds_source_end_to_end_without_tensorflow(tmp_path):
   """Build, read and iterate in a fresh process: TensorFlow must never be imported."""
   script = textwrap.dedent(f"""
@@ -166,6 +168,7 @@ def test_tfds_source_end_to_end_without_tensorflow(tmp_path):
   assert result.stdout.split()[-4:] == ["ok", "8", "288", "96"]
 
 
+@pytest.mark.slow
 def test_two_builds_at_once_build_once(tmp_path):
   """Two processes asking for the synthetic set on one empty data_dir: one builds, both find it."""
   code = f"from vggsound_jax import input_pipeline as ip; ip.ensure_synthetic({str(tmp_path)!r}); print('ok')"
@@ -197,6 +200,7 @@ def _children(pid: int) -> set[int]:
   return {int(e) for e in os.listdir("/proc") if e.isdigit() and (st := _stat(e)) and int(st[1]) == pid}
 
 
+@pytest.mark.slow
 def test_loader_workers_exit_when_the_training_process_is_killed():
   code = textwrap.dedent("""
       import sys, time

@@ -25,6 +25,8 @@ from vggsound_jax import checkpoints, sharding
 from vggsound_jax.model_dir import load_model
 from vggsound_jax.models import ModelConfig
 
+pytestmark = pytest.mark.slow  # processes of their own, training: out of the quick loop
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEPS = 20
@@ -247,8 +249,8 @@ def _can_mount_read_only(directory):
 def test_a_model_directory_only_process_0_cannot_write_ends_every_process(tmp, two_by_one):
   workdir = tmp / "read_only_for_0"
   (workdir / "model").mkdir(parents=True)  # empty: the run may replace it
-  if not _can_mount_read_only(workdir / "model"):
-    pytest.skip("needs unshare -m and mount (a mount namespace of its own for process 0)")
+  # As root (as CI runs) a chmod does not stop writes: a read-only bind mount in a mount namespace does.
+  assert _can_mount_read_only(workdir / "model"), "needs unshare -m and mount (run the tests as root)"
   # Process 0 runs in a mount namespace of its own, where WORKDIR/model is read-only.
   model = workdir / "model"
   remount = f'mount --bind {model} {model} && mount -o remount,bind,ro {model} {model} && exec "$@"'

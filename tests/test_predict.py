@@ -93,6 +93,7 @@ def tiny(tiny_converted, tmp_path_factory):
   return model, tmp, good
 
 
+@pytest.mark.slow
 def test_predict_matches_pytorch_with_scipy_front_end(converted):
   model, tmp = converted
   paths = []
@@ -185,6 +186,7 @@ def test_csv_output(tiny):
       np.testing.assert_allclose([float(p) for p in row[5::2]], probs, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_long_recordings_are_tagged_window_by_window(converted, tmp_path):
   model, tmp = converted
   long, short = tmp_path / "long.flac", tmp_path / "short.wav"
@@ -287,6 +289,7 @@ def _killed_run(signum):
   return f"KILL_AT, SIGNAL = {KILL_AT}, {int(signum)}" + _KILLED_RUN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   ("suffix", "signum"), [(".jsonl", signal.SIGKILL), (".npz", signal.SIGKILL), (".csv", signal.SIGINT)]
 )

@@ -47,6 +47,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modules", [LIBRARY_MODULES] + [[c] for c in COMMANDS], ids=["library"] + COMMANDS)
 def test_runtime_modules_import_neither_torch_nor_tensorflow(modules):
   code = (

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.signal
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -73,6 +74,7 @@ def test_classes_are_distinguishable_from_the_log_spectrogram():
   assert np.mean(predicted == np.array([c.label for c in test])) >= 0.9
 
 
+@pytest.mark.slow
 def test_built_dataset_is_small_fast_and_matches_the_generator(tmp_path):
   start = time.perf_counter()
   input_pipeline.ensure_synthetic(tmp_path)

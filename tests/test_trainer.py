@@ -68,6 +68,7 @@ def device_runs():
   return {1: _steps_and_eval(jax.devices()[:1]), "all": _steps_and_eval(jax.devices())}
 
 
+@pytest.mark.slow
 def test_several_devices_match_one(device_runs):
   """Same batches on a mesh of all CPU devices (conftest.py) and of 1: same parameters and outputs.
 
@@ -105,6 +106,7 @@ def _final_leaves(workdir):
   return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
 
 
+@pytest.mark.slow
 def test_sigkill_and_sigterm_then_resume_give_the_uninterrupted_parameters(tmp_path):
   cache = tmp_path / "jax_cache"
   reference = _train(tmp_path / "reference", cache)
@@ -199,6 +201,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(diverged_run, 
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["model"]))
 
 
+@pytest.mark.slow
 def test_skip_drops_the_nonfinite_update_and_finishes(tmp_path, monkeypatch):
   _poisoned_schedule(monkeypatch, bad_step=4)
   config = tiny_config(6)

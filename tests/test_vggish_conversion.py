@@ -83,6 +83,7 @@ def _embeddings(model, patches):
   return np.asarray(model.patch_embeddings(jnp.asarray(patches)[..., None]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["V1", "V2"])
 def test_tf_checkpoint_converts_and_matches_tensorflow(tmp_path, version):
   variables = _random_tf_variables(seed=1)

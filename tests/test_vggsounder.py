@@ -72,6 +72,7 @@ def test_shipped_annotation_is_the_packages_file_and_its_classes_are_ours(shippe
   assert list(package_classes) != list(NAMES)  # its order is not the model's: matching by name matters
 
 
+@pytest.mark.slow
 def test_scores_match_the_package_benchmark(tmp_path, shipped_csv):
   """The package's `benchmark`, its modality "a" (audible labels), background music left out."""
   probs, ids = _predictions(0, extra_ids=["notannotated_000001"])
@@ -157,6 +158,7 @@ def _random_model():
   return nnx.merge(graphdef, state)
 
 
+@pytest.mark.slow
 def test_evaluate_command_with_vggsounder_flag(tmp_path):
   """`vggsound-evaluate ... --vggsounder` on a model directory and a built test split."""
   annotation = vggsounder.load_annotation()

@@ -89,6 +89,7 @@ def _multi_hot(data):
   return Data(data.class_names, train, data.eval)
 
 
+@pytest.mark.slow
 def test_a_vggish_run_trains_from_the_directory_checkpoints_and_exports(pretrained, tmp_path):
   directory, expected = pretrained
   config = _vggish_config(3)
