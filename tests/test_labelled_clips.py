@@ -4,6 +4,7 @@ nothing written, and a probe over a built data set."""
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from vggsound_jax.datasets import build as build_lib
 from vggsound_jax.datasets import clip_tables, labelled
 from vggsound_jax.errors import PathError
 from vggsound_jax.testing import labelled_clips
+
+REPO = Path(__file__).resolve().parents[1]
 
 NAMES = tuple(labelled_clips.class_names(3))
 
@@ -162,3 +165,23 @@ def test_the_build_command_says_one_line_per_problem_and_keeps_a_build(fixtures,
   assert "labelled_clips/esc: 15 clips written, 0 skipped" in first.stdout
   again = _command("build_clips", *args)
   assert again.returncode == 0 and "already built: nothing done" in again.stdout
+
+
+@pytest.mark.slow
+def test_the_crossval_command_fine_tunes_a_fold_into_a_model_directory(fixtures, tmp_path):
+  from vggsound_jax.model_dir import load_metadata, save_model
+  from vggsound_jax.models import ModelConfig
+  from vggsound_jax.testing.random_model import random_model
+
+  labelled.build(tmp_path / "data", name="esc", source=fixtures["esc50"], num_workers=1)
+  save_model(tmp_path / "model", random_model(ModelConfig(width=4, num_classes=2), seed=2), class_names=["x", "y"])
+  config = REPO / f"configs/transfer.py:{tmp_path / 'model'}"
+  overrides = ["--config.data.clips=esc", f"--config.data.data_dir={tmp_path / 'data'}", "--config.crossval.folds=1"]
+  overrides += ["--config.num_train_steps=2", "--config.batch_size=4", "--config.eval.batch_size=4"]
+  overrides += ["--config.data.worker_count=0", "--config.data.num_samples=16000"]
+  result = _command("crossval", "--mode", "finetune", "--config", config, "--workdir", tmp_path / "run", *overrides)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "cross-validation (finetune" in result.stdout
+  assert load_metadata(tmp_path / "run" / "fold_1" / "model")["class_names"] == list(
+    labelled.open_clips(tmp_path / "data", "esc").class_names
+  )

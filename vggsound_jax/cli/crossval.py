@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
   if not config.data.clips:
     raise ConfigError("data.clips", "name the labelled-clips data set (vggsound-build-clips --name NAME)")
   if _MODE.value == "finetune":
-    launch.start()
+    launch.start(config)
   from vggsound_jax import crossval  # keeps --help fast
   from vggsound_jax.datasets import labelled
 
