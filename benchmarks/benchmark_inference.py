@@ -268,7 +268,7 @@ def bench_predict(cfg, rows, startup_rows):
 
     def run(cmd):
       start = time.perf_counter()
-      result = subprocess.run(cmd, capture_output=True, env=env, text=True)
+      result = subprocess.run(cmd, capture_output=True, env=env, text=True, encoding="utf-8")
       if result.returncode:
         raise RuntimeError(f"{cmd[:3]}... failed: {result.stderr[-2000:]}")
       return time.perf_counter() - start
@@ -318,7 +318,12 @@ def bench_predict(cfg, rows, startup_rows):
     for backend in ("auto", "jax"):
       begin = time.time()
       out = subprocess.run(
-        [sys.executable, str(startup), str(converted), backend], capture_output=True, env=env, text=True, check=True
+        [sys.executable, str(startup), str(converted), backend],
+        capture_output=True,
+        env=env,
+        text=True,
+        encoding="utf-8",
+        check=True,
       )
       end = time.time()
       start, imported, loaded, first_call, second, done, used = out.stdout.split()

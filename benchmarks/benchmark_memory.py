@@ -89,7 +89,9 @@ def main(argv):
   rows = []
   for n in lengths:
     cmd = [sys.executable, __file__, f"--child={n}", f"--width={width}"] + (["--smoke"] if _SMOKE.value else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    out = (
+      subprocess.run(cmd, check=True, capture_output=True, text=True, encoding="utf-8").stdout.strip().splitlines()[-1]
+    )
     result = json.loads(out)
     rows.append([n, result["clips"], result["streaming_peak_mb"], result["peak_rss_mb"], n * NUM_CLASSES * 4 / 2**20])
   growth = (rows[-1][2] - rows[-2][2]) / (lengths[-1] - lengths[-2]) * 1024

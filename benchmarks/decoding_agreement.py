@@ -59,7 +59,9 @@ def _ffmpeg(*args: str) -> bytes:
 
 
 def _ffmpeg_version() -> str:
-  return subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=True).stdout.split()[2]
+  return subprocess.run(
+    ["ffmpeg", "-version"], capture_output=True, text=True, encoding="utf-8", check=True
+  ).stdout.split()[2]
 
 
 def _write_source(

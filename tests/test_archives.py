@@ -153,6 +153,7 @@ def built(manual, tmp_path_factory):
     + ["--data_dir", str(root / "data"), "--num_workers", "2"],
     capture_output=True,
     text=True,
+    encoding="utf-8",
     env=env,
     timeout=300,
   )

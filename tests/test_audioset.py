@@ -151,7 +151,7 @@ def _small_manual_dir(manual):
 def _run_build(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   command = [sys.executable, str(REPO / "scripts" / "build_dataset.py"), "--dataset", "audioset", *args]
-  return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+  return subprocess.run(command, capture_output=True, text=True, encoding="utf-8", env=env, timeout=120)
 
 
 def test_report_records_the_inputs(built):

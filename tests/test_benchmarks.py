@@ -45,6 +45,7 @@ def test_benchmark_runs(command, expected, tmp_path):
     cwd=tmp_path,
     capture_output=True,
     text=True,
+    encoding="utf-8",
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]

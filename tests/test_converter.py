@@ -29,7 +29,9 @@ MAX_RELATIVE_ERROR = 1e-4
 
 
 def _run_cli(*args):
-  return subprocess.run([sys.executable, str(CONVERTER), *map(str, args)], capture_output=True, text=True)
+  return subprocess.run(
+    [sys.executable, str(CONVERTER), *map(str, args)], capture_output=True, text=True, encoding="utf-8"
+  )
 
 
 def _relative_error(actual, expected):

@@ -255,6 +255,7 @@ def _run_script(*args):
     [sys.executable, str(REPO / "scripts" / "build_dataset.py"), *args],
     capture_output=True,
     text=True,
+    encoding="utf-8",
     env=env,
     timeout=120,
   )
@@ -518,6 +519,7 @@ def test_a_build_leaves_no_temporary_directory(tmp_path):
     + ["--data_dir", str(tmp_path / "data"), "--num_workers", "2"],
     capture_output=True,
     text=True,
+    encoding="utf-8",
     env=env,
     timeout=120,
   )

@@ -21,6 +21,7 @@ def _script(name, *args, cache):
     env=env,
     capture_output=True,
     text=True,
+    encoding="utf-8",
     timeout=400,
     cwd=REPO,
   )

@@ -227,7 +227,7 @@ def test_exported_model_runs_without_jax_tensorflow_or_telemetry(saved, tmp_path
     "assert probs.shape == (1, 5), probs.shape\n"
     "print(sorted(m for m in ('jax', 'tensorflow', 'torch', 'scipy.signal') if m in sys.modules), len(forks))\n"
   )
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   # No fork either: openvino's usage telemetry (a network call from a forked process) stays off.
   assert result.stdout.strip() == "[] 0"
@@ -238,6 +238,7 @@ def _export_command(*args, cwd):
     [sys.executable, str(SCRIPT), *map(str, args)],
     capture_output=True,
     text=True,
+    encoding="utf-8",
     timeout=300,
     cwd=cwd,
   )

@@ -71,7 +71,7 @@ def test_torch_is_not_imported_for_numpy_audio(model_dir):
     "hear.get_scene_embeddings(audio, model)\n"
     "print('torch' in sys.modules)\n"
   )
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().splitlines()[-1] == "False"
 

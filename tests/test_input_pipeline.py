@@ -163,7 +163,7 @@ def test_tfds_source_end_to_end_without_tensorflow(tmp_path):
       assert "tensorflow" not in sys.modules, "TensorFlow was imported"
       print("ok", len(names), len(train), len(test))
   """)
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=170)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", timeout=170)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split()[-4:] == ["ok", "8", "288", "96"]
 
@@ -173,7 +173,9 @@ def test_two_builds_at_once_build_once(tmp_path):
   """Two processes asking for the synthetic set on one empty data_dir: one builds, both find it."""
   code = f"from vggsound_jax import input_pipeline as ip; ip.ensure_synthetic({str(tmp_path)!r}); print('ok')"
   procs = [
-    subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    subprocess.Popen(
+      [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"
+    )
     for _ in range(2)
   ]
   outputs = [p.communicate(timeout=170) for p in procs]
@@ -213,7 +215,7 @@ def test_loader_workers_exit_when_the_training_process_is_killed():
       print("ready", flush=True)
       time.sleep(600)
   """)
-  parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+  parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, encoding="utf-8")
   try:
     assert parent.stdout.readline().strip() == "ready"
     workers = _children(parent.pid)

@@ -160,7 +160,9 @@ def test_manifest_lists_every_file_and_sha256sum_agrees(saved):
   assert sorted(listed) == [name for name in _files(saved) if name != MANIFEST]
   assert any(name.startswith("state/") for name in listed) and any(name.startswith("metadata/") for name in listed)
   # The coreutils tool, independent of the code that wrote it.
-  result = subprocess.run(["sha256sum", "--check", "--strict", MANIFEST], cwd=saved, capture_output=True, text=True)
+  result = subprocess.run(
+    ["sha256sum", "--check", "--strict", MANIFEST], cwd=saved, capture_output=True, text=True, encoding="utf-8"
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   before = _snapshot(saved)
   load_model(saved)

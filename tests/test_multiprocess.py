@@ -72,7 +72,11 @@ def _start(command, workdir, data_dir, cache, *, processes=1, devices=1, extra=(
     *extra,
   ]
   if processes == 1:
-    return [subprocess.Popen(args, env=_env(devices, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    return [
+      subprocess.Popen(
+        args, env=_env(devices, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"
+      )
+    ]
   port = port or _free_port()
   return [
     subprocess.Popen(
@@ -88,6 +92,7 @@ def _start(command, workdir, data_dir, cache, *, processes=1, devices=1, extra=(
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
+      encoding="utf-8",
     )
     for i in range(processes)
   ]
@@ -323,6 +328,7 @@ def test_bad_launches_fail_fast_with_one_line(tmp):
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
+      encoding="utf-8",
     )
     for i in range(2)
   ]

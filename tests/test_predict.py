@@ -76,6 +76,7 @@ def converted(tmp_path_factory):
     check=True,
     capture_output=True,
     text=True,
+    encoding="utf-8",
   )
   return model, tmp
 
@@ -355,6 +356,7 @@ def test_bad_checkpoint_directory_is_one_line_error(tmp_path):
     [sys.executable, str(PREDICT), "--checkpoint", str(tmp_path), "x.wav"],
     capture_output=True,
     text=True,
+    encoding="utf-8",
   )
   assert result.returncode != 0
   assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr

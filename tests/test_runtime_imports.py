@@ -54,7 +54,7 @@ def test_runtime_modules_import_neither_torch_nor_tensorflow(modules):
     f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
     "print(sorted({n.split('.')[0] for n in sys.modules} & {'torch', 'tensorflow'}))"
   )
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8")
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().splitlines()[-1] == "[]"
 
@@ -103,7 +103,11 @@ def test_training_and_evaluation_run_with_torch_and_tensorflow_blocked(tmp_path)
   workdir = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
-    [sys.executable, "-c", _BLOCKED_RUN, str(tmp_path / "data"), str(workdir)], capture_output=True, text=True, env=env
+    [sys.executable, "-c", _BLOCKED_RUN, str(tmp_path / "data"), str(workdir)],
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    env=env,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "[] []"

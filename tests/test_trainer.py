@@ -97,6 +97,7 @@ def _train(workdir, cache, kill_at=0, sig=signal.SIGKILL) -> subprocess.Complete
     env=env,
     capture_output=True,
     text=True,
+    encoding="utf-8",
     timeout=300,
   )
 

@@ -188,7 +188,12 @@ def test_evaluate_command_with_vggsounder_flag(tmp_path):
     "--vggsounder",
   ]
   proc = subprocess.run(
-    [sys.executable, str(REPO / "scripts" / "evaluate.py"), *args], env=env, capture_output=True, text=True, timeout=400
+    [sys.executable, str(REPO / "scripts" / "evaluate.py"), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=400,
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
   out_dir = tmp_path / "run" / "eval" / "test"
