@@ -172,9 +172,7 @@ def write_summary(workdir: Path, results: list[dict], *, mode: str, class_names:
     values = np.array([r[name] if r[name] is not None else np.nan for r in results], np.float64)
     summary[f"mean_{name}"] = float(np.mean(values))
     summary[f"std_{name}"] = float(np.std(values))  # population std over the folds, as papers report
-  tmp = workdir / f".{SUMMARY_JSON}.tmp"
-  tmp.write_text(json.dumps(summary, indent=2) + "\n")
-  os.replace(tmp, workdir / SUMMARY_JSON)
+  _write_json(workdir / SUMMARY_JSON, summary)
   tmp = workdir / f".{SUMMARY_CSV}.tmp"
   with open(tmp, "w", newline="") as f:
     writer = csv.writer(f)

@@ -85,11 +85,7 @@ def main(argv: list[str]) -> None:
   # The summary is printed here, once, so the builder does not log it too. Errors in the lists,
   # manual_dir or data_dir are one line each (common.run_app).
   report = build_lib.build_dataset(builder, manual_dir=_MANUAL_DIR.value, overwrite=_OVERWRITE.value, log_summary=False)
-  if already_built:
-    print(f"{builder.name}/{config} is already built: nothing done (--overwrite rebuilds it). Its build:")
-  print(report.summary())
-  print(f"dataset: {builder.data_path}")
-  print(f"report: {os.path.join(builder.data_path, build_lib.REPORT_NAME)}")
+  common.print_build(report, builder.data_path, name=f"{builder.name}/{config}", already_built=already_built)
 
 
 def run() -> None:

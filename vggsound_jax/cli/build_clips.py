@@ -28,7 +28,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the data set
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from vggsound_jax.datasets import build as build_lib  # keeps --help fast
   from vggsound_jax.datasets import labelled
 
   directory = labelled.dataset_dir(_DATA_DIR.value, labelled.check_name(_NAME.value))
@@ -41,11 +40,7 @@ def main(argv: list[str]) -> None:
     overwrite=_OVERWRITE.value,
     log_summary=False,
   )
-  if already_built:
-    print(f"{labelled.NAME}/{_NAME.value} is already built: nothing done (--overwrite rebuilds it). Its build:")
-  print(report.summary())
-  print(f"dataset: {directory}")
-  print(f"report: {directory / build_lib.REPORT_NAME}")
+  common.print_build(report, directory, name=f"{labelled.NAME}/{_NAME.value}", already_built=already_built)
 
 
 def run() -> None:

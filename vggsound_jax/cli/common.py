@@ -100,6 +100,18 @@ def _flag_problem(e: Exception) -> str:
   return lines[-1] if lines else type(e).__name__
 
 
+def print_build(report: object, data_path: str | os.PathLike, *, name: str, already_built: bool) -> None:
+  """What a data-set build command prints at its end: the build's summary (the stored one when
+  the build was already there) and where the data set and its report are."""
+  from vggsound_jax.datasets.build import REPORT_NAME  # TFDS: only once a build ran
+
+  if already_built:
+    print(f"{name} is already built: nothing done (--overwrite rebuilds it). Its build:")
+  print(report.summary())
+  print(f"dataset: {data_path}")
+  print(f"report: {Path(data_path, REPORT_NAME)}")
+
+
 def print_results(results: dict[str, dict], config: ml_collections.ConfigDict, workdir: str) -> None:
   """Each split's metrics, beside the paper's for the config's row; process 0 only."""
   from vggsound_jax import evaluation, sharding  # keeps --help fast
